@@ -34,7 +34,6 @@ INSTALLED_APPS = [
     "manager.access",
     "manager.certificates",
     "manager.hosts",
-    "manager.audit",
     "manager.configuration",
     "manager.dashboard",
 ]

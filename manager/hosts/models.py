@@ -1,0 +1,208 @@
+"""Hosts the engine serves: proxy hosts (with locations), redirections, 404 hosts, streams,
+plus the global settings and the configuration revision.
+
+Structured values (upstreams, header rules, cache, rate limit) are stored in their
+canonical form as produced by `manager.lib.validators` / `manager.configuration.schema`;
+scalars are plain fields.
+"""
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from manager.lib import validators
+
+
+class HostBase(models.Model):
+    domains = models.JSONField(default=list, help_text="Exact names or *.wildcards, lower-case ASCII.")
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    kind = "host"
+
+    class Meta:
+        abstract = True
+        ordering = ["id"]
+
+    def __str__(self):
+        return ", ".join(self.domains) or f"{self.kind} #{self.pk}"
+
+    def describe(self):
+        return f"{self.kind} '{self}'" + (f" (#{self.pk})" if self.pk else "")
+
+    def clean(self):
+        if not isinstance(self.domains, list) or not self.domains:
+            raise ValidationError({"domains": "at least one domain name is required"})
+        errors, cleaned = [], []
+        for name in self.domains:
+            try:
+                cleaned.append(validators.hostname(name))
+            except validators.Invalid as exc:
+                errors.append(str(exc))
+        if len(set(cleaned)) != len(cleaned):
+            errors.append("a domain name is listed twice")
+        if not errors and self.enabled:
+            errors = [conflict.message() for conflict in domain_conflicts(cleaned, exclude=self)]
+        if errors:
+            raise ValidationError({"domains": errors})
+        self.domains = cleaned
+
+
+class ProxyHost(HostBase):
+    POLICY_CHOICES = [(p, p) for p in ("round_robin", "least_conn", "ip_hash", "random", "first")]
+
+    kind = "proxy host"
+
+    upstreams = models.JSONField(default=list, help_text="[{scheme, host, port, weight}], in order.")
+    lb_policy = models.CharField(max_length=16, choices=POLICY_CHOICES, default="round_robin")
+    health_check = models.JSONField(null=True, blank=True, help_text="{path, interval} or null.")
+    websockets = models.BooleanField(default=False)
+    certificate = models.ForeignKey("certificates.Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="proxy_hosts")
+    force_https = models.BooleanField(default=False)
+    http2 = models.BooleanField(default=False)
+    hsts = models.BooleanField(default=False)
+    hsts_subdomains = models.BooleanField(default=False)
+    access_list = models.ForeignKey("access.AccessList", null=True, blank=True, on_delete=models.PROTECT, related_name="proxy_hosts")
+    compression = models.JSONField(default=list, blank=True)
+    cache = models.JSONField(null=True, blank=True, help_text="{enabled, default_ttl} or null.")
+    rate_limit = models.JSONField(null=True, blank=True, help_text="{requests, per, key, burst} or null.")
+    headers = models.JSONField(null=True, blank=True, help_text="{request: {set, remove}, response: {set, remove}}.")
+    block_exploits = models.BooleanField(default=False)
+    connect_timeout = models.FloatField(default=5.0, help_text="seconds")
+    response_timeout = models.FloatField(default=60.0, help_text="seconds")
+    max_body_size = models.BigIntegerField(null=True, blank=True, help_text="bytes; empty = unlimited")
+
+    def clean(self):
+        super().clean()
+        if not self.upstreams:
+            raise ValidationError({"upstreams": "at least one upstream is required"})
+
+
+class Location(models.Model):
+    proxy_host = models.ForeignKey(ProxyHost, on_delete=models.CASCADE, related_name="locations")
+    position = models.PositiveIntegerField(default=0)
+    path = models.CharField(max_length=1024)
+    upstreams = models.JSONField(default=list, blank=True, help_text="empty = the host's upstreams")
+    cache = models.JSONField(null=True, blank=True)
+    headers = models.JSONField(null=True, blank=True)
+    compression = models.JSONField(null=True, blank=True)
+    rate_limit = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(fields=["proxy_host", "path"], name="location_path_unique")]
+
+    def __str__(self):
+        return self.path
+
+
+class RedirectionHost(HostBase):
+    CODE_CHOICES = [(301, "301 Moved Permanently"), (302, "302 Found"), (307, "307 Temporary Redirect"), (308, "308 Permanent Redirect")]
+
+    kind = "redirection host"
+
+    to = models.CharField(max_length=2048, validators=[])
+    code = models.PositiveSmallIntegerField(choices=CODE_CHOICES, default=301)
+    preserve_path = models.BooleanField(default=True)
+
+    def clean(self):
+        super().clean()
+        try:
+            self.to = validators.web_url(self.to)
+        except validators.Invalid as exc:
+            raise ValidationError({"to": str(exc)}) from None
+
+
+class DeadHost(HostBase):
+    kind = "404 host"
+
+
+class Stream(models.Model):
+    PROTOCOL_CHOICES = [("tcp", "TCP"), ("udp", "UDP")]
+
+    listen = models.PositiveIntegerField()
+    protocol = models.CharField(max_length=3, choices=PROTOCOL_CHOICES, default="tcp")
+    upstream_host = models.CharField(max_length=255)
+    upstream_port = models.PositiveIntegerField()
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.protocol}/{self.listen} → {validators.format_host_port(self.upstream_host, self.upstream_port)}"
+
+    def clean(self):
+        errors = {}
+        for field, check in (("listen", validators.port), ("upstream_port", validators.port), ("upstream_host", validators.upstream_host)):
+            try:
+                setattr(self, field, check(getattr(self, field)))
+            except validators.Invalid as exc:
+                errors[field] = str(exc)
+        if not errors and self.enabled:
+            clash = Stream.objects.filter(enabled=True, listen=self.listen, protocol=self.protocol).exclude(pk=self.pk).first()
+            if clash:
+                errors["listen"] = f"{self.protocol} port {self.listen} is already used by stream #{clash.pk} ({clash})"
+        if errors:
+            raise ValidationError(errors)
+
+
+class Settings(models.Model):
+    """The global settings: one row, pk=1."""
+
+    DEFAULT_SITE_CHOICES = [("404", "404 page"), ("444", "Close the connection"), ("redirect", "Redirect"), ("html", "Custom page"), ("welcome", "Welcome page")]
+
+    default_site_action = models.CharField(max_length=8, choices=DEFAULT_SITE_CHOICES, default="welcome")
+    default_site_to = models.CharField(max_length=2048, blank=True)
+    default_site_body = models.TextField(blank=True)
+    acme_email = models.EmailField(blank=True)
+    acme_directory = models.URLField(max_length=2048, default="https://acme-v02.api.letsencrypt.org/directory")
+    trusted_proxies = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name_plural = "settings"
+
+    def __str__(self):
+        return "Settings"
+
+    @classmethod
+    def load(cls):
+        obj, _ = cls.objects.get_or_create(pk=1)
+        return obj
+
+
+class ConfigRevision(models.Model):
+    """One row (pk=1) whose counter grows with every committed configuration change."""
+
+    revision = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField(auto_now=True)
+
+
+HOST_MODELS = (ProxyHost, RedirectionHost, DeadHost)
+
+
+class DomainConflict:
+    def __init__(self, domain, host):
+        self.domain, self.host = domain, host
+
+    def message(self):
+        return f"{self.domain} is already used by {self.host.describe()}"
+
+
+def domain_conflicts(domains, exclude=None):
+    """Which of `domains` an enabled host of any kind (other than `exclude`) already claims."""
+    wanted = set(domains)
+    conflicts = []
+    for model in HOST_MODELS:
+        hosts = model.objects.filter(enabled=True)
+        if exclude is not None and exclude.pk is not None and isinstance(exclude, model):
+            hosts = hosts.exclude(pk=exclude.pk)
+        for host in hosts.only("id", "domains"):
+            for name in host.domains:
+                if name in wanted:
+                    conflicts.append(DomainConflict(name, host))
+    return conflicts
