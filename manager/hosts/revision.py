@@ -39,13 +39,13 @@ def publish_revision():
         log.warning("could not publish config revision %s on Redis: %s", revision, exc)
 
 
-_client = None
+_clients = {}
 
 
 def _redis_client():
-    global _client
-    if _client is None:
+    url = settings.REDIS_URL
+    if url not in _clients:
         import redis
 
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    return _client
+        _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    return _clients[url]

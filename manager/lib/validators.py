@@ -108,6 +108,8 @@ def upstream_url(value):
     match = _UPSTREAM_URL.match(value.strip())
     if not match:
         raise Invalid(f"upstream URL {value!r} must look like http://host:port")
+    if match["rest"].startswith("@") or "@" in (match["port"] or ""):
+        raise Invalid(f"upstream URL {value!r}: credentials in the URL are not allowed")
     scheme = match["scheme"].lower()
     if scheme not in _DEFAULT_PORTS:
         raise Invalid(f"upstream URL {value!r}: scheme must be http or https")

@@ -1,0 +1,35 @@
+import pytest
+from django.contrib.auth import get_user_model
+
+pytestmark = pytest.mark.django_db
+
+
+def test_overview_requires_login(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+def test_login_page_explains_there_is_no_default_password(client):
+    response = client.get("/login/")
+    assert response.status_code == 200
+    assert b"createsuperuser" in response.content
+    assert b"csrfmiddlewaretoken" in response.content
+
+
+def test_overview_lists_hosts_after_login(client):
+    from manager.hosts.models import ProxyHost
+
+    get_user_model().objects.create_user("admin", password="a-long-passphrase-42")
+    ProxyHost.objects.create(domains=["grafana.home.test"], upstreams=[{"scheme": "http", "host": "10.0.0.9", "port": 3000, "weight": 1}])
+    assert client.login(username="admin", password="a-long-passphrase-42")
+    response = client.get("/")
+    assert response.status_code == 200
+    assert b"grafana.home.test" in response.content
+    assert b"http://10.0.0.9:3000" in response.content
+
+
+def test_logout_rejects_get(client):
+    get_user_model().objects.create_user("admin", password="a-long-passphrase-42")
+    client.login(username="admin", password="a-long-passphrase-42")
+    assert client.get("/logout/").status_code == 405
