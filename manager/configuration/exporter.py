@@ -1,0 +1,172 @@
+"""Write the whole configuration as a document (docs/config-format.md).
+
+Every value is written in the canonical text form the importer reads back
+(durations as `5m`, sizes as `100m`, upstreams as URLs), keys in a fixed order, lists in
+a stable order, so export → import → export gives the same bytes. A key whose value is
+"not set" (null) is left out; every other key is written, `enabled` included.
+"""
+import yaml
+
+from manager.access.models import AccessList
+from manager.certificates.models import Certificate
+from manager.hosts.models import DeadHost, ProxyHost, RedirectionHost, Settings, Stream
+from manager.lib import validators
+
+from .schema import VERSION
+
+
+def export_document(include_secrets=False):
+    """The configuration as plain data (dicts, lists, strings, numbers, booleans)."""
+    return {
+        "version": VERSION,
+        "settings": _settings(Settings.load()),
+        "access_lists": [_access_list(a) for a in AccessList.objects.order_by("name").prefetch_related("users", "rules")],
+        "certificates": [_certificate(c, include_secrets) for c in Certificate.objects.order_by("name")],
+        "proxy_hosts": [_proxy_host(h) for h in ProxyHost.objects.order_by("id")
+                        .select_related("certificate", "access_list").prefetch_related("locations")],
+        "redirection_hosts": [
+            {"domains": list(h.domains), "enabled": h.enabled, "to": h.to, "code": h.code, "preserve_path": h.preserve_path}
+            for h in RedirectionHost.objects.order_by("id")
+        ],
+        "dead_hosts": [{"domains": list(h.domains), "enabled": h.enabled} for h in DeadHost.objects.order_by("id")],
+        "streams": [
+            {"listen": s.listen, "protocol": s.protocol,
+             "upstream": validators.format_host_port(s.upstream_host, s.upstream_port), "enabled": s.enabled}
+            for s in Stream.objects.order_by("id")
+        ],
+    }
+
+
+def export_yaml(include_secrets=False):
+    return dump_yaml(export_document(include_secrets))
+
+
+def dump_yaml(document):
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PEMs, HTML bodies) as literal blocks, lists of plain values on one line."""
+
+
+def _represent_str(dumper, value):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _represent_list(dumper, value):
+    flow = all(isinstance(item, (str, int)) and "\n" not in str(item) for item in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
+
+
+def duration(seconds):
+    return "0s" if not seconds else validators.format_duration(seconds)
+
+
+def _without_nulls(mapping):
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+def _settings(config):
+    action = int(config.default_site_action) if config.default_site_action.isdigit() else config.default_site_action
+    site = {"action": action}
+    if config.default_site_action == "redirect":
+        site["to"] = config.default_site_to
+    elif config.default_site_action == "html":
+        site["body"] = config.default_site_body
+    return {
+        "default_site": site,
+        "acme": _without_nulls({"email": config.acme_email or None, "directory": config.acme_directory}),
+        "trusted_proxies": list(config.trusted_proxies),
+    }
+
+
+def _access_list(access_list):
+    return {
+        "name": access_list.name,
+        "satisfy": access_list.satisfy,
+        "pass_auth": access_list.pass_auth,
+        "users": [{"username": u.username, "password_hash": u.password_hash} for u in access_list.users.all()],
+        "rules": [{r.action: r.source} for r in access_list.rules.all()],
+    }
+
+
+def _certificate(cert, include_secrets):
+    """Custom certificates always carry their certificate and chain; keys (and Let's
+    Encrypt PEMs, which certbot renews) only with include_secrets."""
+    result = {"name": cert.name, "provider": cert.provider, "domains": list(cert.domains)}
+    if cert.certificate_pem and (cert.provider == "custom" or include_secrets):
+        result["certificate_pem"] = cert.certificate_pem
+        if include_secrets and cert.key_pem:
+            result["key_pem"] = cert.key_pem
+        if cert.chain_pem:
+            result["chain_pem"] = cert.chain_pem
+    return result
+
+
+def upstreams(entries):
+    result = []
+    for entry in entries:
+        url = validators.format_upstream_url(entry["scheme"], entry["host"], entry["port"])
+        result.append(url if entry.get("weight", 1) == 1 else {"url": url, "weight": entry["weight"]})
+    return result
+
+
+def _cache(cache):
+    if cache is None:
+        return None
+    return {"enabled": cache["enabled"], "default_ttl": duration(cache["default_ttl"])}
+
+
+def _rate_limit(limit):
+    if limit is None:
+        return None
+    return {"requests": limit["requests"], "per": duration(limit["per"]), "key": limit["key"], "burst": limit["burst"]}
+
+
+def _headers(headers):
+    if headers is None:
+        return None
+    result = {}
+    for direction in ("request", "response"):
+        rules = headers.get(direction) or {}
+        result[direction] = {"set": dict(sorted((rules.get("set") or {}).items(), key=lambda kv: kv[0].lower())),
+                             "remove": list(rules.get("remove") or [])}
+    return result
+
+
+def _proxy_host(host):
+    health = host.health_check
+    ssl = {"certificate": host.certificate.name if host.certificate else None, "force_https": host.force_https,
+           "http2": host.http2, "hsts": host.hsts, "hsts_subdomains": host.hsts_subdomains}
+    return _without_nulls({
+        "domains": list(host.domains),
+        "enabled": host.enabled,
+        "upstreams": upstreams(host.upstreams),
+        "load_balancing": _without_nulls({
+            "policy": host.lb_policy,
+            "health_check": {"path": health["path"], "interval": duration(health["interval"])} if health else None,
+        }),
+        "websockets": host.websockets,
+        "timeouts": {"connect": duration(host.connect_timeout), "response": duration(host.response_timeout)},
+        "max_body_size": validators.format_size(host.max_body_size) if host.max_body_size is not None else None,
+        "ssl": _without_nulls(ssl),
+        "access_list": host.access_list.name if host.access_list else None,
+        "compression": list(host.compression),
+        "cache": _cache(host.cache),
+        "rate_limit": _rate_limit(host.rate_limit),
+        "headers": _headers(host.headers),
+        "block_exploits": host.block_exploits,
+        "locations": [_without_nulls({
+            "path": loc.path,
+            "upstreams": upstreams(loc.upstreams),
+            "cache": _cache(loc.cache),
+            "headers": _headers(loc.headers),
+            "compression": list(loc.compression) if loc.compression is not None else None,
+            "rate_limit": _rate_limit(loc.rate_limit),
+        }) for loc in host.locations.all()],
+    })

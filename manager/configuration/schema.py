@@ -1,0 +1,676 @@
+"""Read a configuration document (docs/config-format.md) into normalized data.
+
+`load_yaml(text)` parses YAML safely; `parse_document(data)` checks every key and value
+and returns `(document, errors)`. It never stops at the first problem: each error carries
+the path of the value it is about (`proxy_hosts[2].upstreams[0]`). It is pure (no
+database); the checks that need the database (references when merging, keys kept from
+existing certificates) live in `importer`.
+
+The normalized document holds what the models store (see manager/hosts/models.py):
+durations in seconds (float), sizes in bytes, upstreams as {scheme, host, port, weight},
+domains as lower-case ASCII. Every top-level item keeps its path under "at".
+"""
+from dataclasses import dataclass
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
+from manager.lib import validators
+from manager.lib.validators import Invalid
+
+VERSION = 1
+SECTIONS = ("settings", "access_lists", "certificates", "proxy_hosts", "redirection_hosts", "dead_hosts", "streams")
+HOST_SECTIONS = ("proxy_hosts", "redirection_hosts", "dead_hosts")
+
+DEFAULT_SITE_ACTIONS = ("404", "444", "redirect", "html", "welcome")
+DEFAULT_ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+LB_POLICIES = ("round_robin", "least_conn", "ip_hash", "random", "first")
+COMPRESSIONS = ("gzip", "br", "zstd")
+REDIRECT_CODES = (301, 302, 307, 308)
+PROVIDERS = ("letsencrypt", "custom")
+MAX_WEIGHT = 1000
+
+SETTINGS_KEYS = ("default_site", "acme", "trusted_proxies")
+ACCESS_LIST_KEYS = ("name", "satisfy", "pass_auth", "users", "rules")
+CERTIFICATE_KEYS = ("name", "provider", "domains", "certificate_pem", "key_pem", "chain_pem")
+PROXY_HOST_KEYS = ("domains", "enabled", "upstreams", "load_balancing", "websockets", "timeouts", "max_body_size",
+                   "ssl", "access_list", "compression", "cache", "rate_limit", "headers", "block_exploits", "locations")
+LOCATION_KEYS = ("path", "upstreams", "cache", "headers", "compression", "rate_limit")
+REDIRECTION_HOST_KEYS = ("domains", "enabled", "to", "code", "preserve_path")
+DEAD_HOST_KEYS = ("domains", "enabled")
+STREAM_KEYS = ("listen", "protocol", "upstream", "enabled")
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    path: str
+    message: str
+
+    def __str__(self):
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DocumentInvalid(Exception):
+    """The document has errors; nothing was changed. `errors` lists every one."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+# -- YAML -----------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text):
+    """Parse YAML text (safe tags only); a syntax error raises DocumentInvalid naming its line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise DocumentInvalid([ConfigError(where, f"YAML syntax error: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise DocumentInvalid([ConfigError("YAML", f"YAML error: {exc}")]) from None
+
+
+# -- scalar parsers: value -> canonical value, or raise Invalid ---------------------------
+
+
+def describe(value):
+    """How a wrong value is named in an error: its YAML type and the value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{type(value).__name__} {value!r}"
+
+
+def boolean(value):
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, got {describe(value)}")
+    return value
+
+
+def text(value):
+    if not isinstance(value, str):
+        raise Invalid(f"expected a string, got {describe(value)}")
+    return value
+
+
+def name(value, max_length=100):
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"expected a non-empty name, got {describe(value)}")
+    if len(value) > max_length:
+        raise Invalid(f"name longer than {max_length} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise Invalid(f"name {value!r} contains control characters")
+    return value
+
+
+def choice(options):
+    def parse(value):
+        if value not in options or isinstance(value, bool):
+            raise Invalid(f"expected one of {', '.join(map(str, options))}, got {describe(value)}")
+        return value
+    return parse
+
+
+def positive_duration(value):
+    seconds = validators.duration(value)
+    if seconds <= 0:
+        raise Invalid(f"duration {value!r} must be more than zero")
+    return seconds
+
+
+def url_path(value):
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Invalid(f"expected a path starting with /, got {describe(value)}")
+    if len(value) > 1024:
+        raise Invalid("path longer than 1024 characters")
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in value):
+        raise Invalid(f"path {value!r} contains spaces or control characters")
+    return value
+
+
+def email(value):
+    if not isinstance(value, str):
+        raise Invalid(f"expected an email address, got {describe(value)}")
+    try:
+        validate_email(value)
+    except ValidationError:
+        raise Invalid(f"invalid email address {value!r}") from None
+    return value
+
+
+def pem(value):
+    """PEM text with Unix line ends and exactly one final newline (parsed elsewhere)."""
+    if not isinstance(value, str):
+        raise Invalid(f"expected PEM text, got {describe(value)}")
+    return value.replace("\r\n", "\n").strip() + "\n"
+
+
+def rate_limit_key(value):
+    if value == "ip":
+        return "ip"
+    if isinstance(value, str) and value.startswith("header:"):
+        return "header:" + validators.header_name(value[len("header:"):])
+    raise Invalid(f"expected ip or header:<Header-Name>, got {describe(value)}")
+
+
+def default_site_action(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return choice(DEFAULT_SITE_ACTIONS)(value)
+
+
+# -- paths ----------------------------------------------------------------------------
+
+
+def _key(path, key):
+    return f"{path}.{key}" if path else str(key)
+
+
+def _index(path, index):
+    return f"{path}[{index}]"
+
+
+class _Reader:
+    """Walks a document, collecting every error with its path."""
+
+    def __init__(self):
+        self.errors = []
+
+    def error(self, path, message):
+        self.errors.append(ConfigError(path, message))
+
+    def mapping(self, value, path, keys, required=()):
+        """`value` if it is a mapping; reports unknown and missing keys."""
+        if not isinstance(value, dict):
+            self.error(path, f"expected a mapping, got {describe(value)}")
+            return None
+        for key in value:
+            if key not in keys:
+                self.error(_key(path, key), f"unknown key (expected one of: {', '.join(keys)})")
+        for key in required:
+            if value.get(key) is None:
+                self.error(_key(path, key), "required key is missing")
+        return value
+
+    def errors_at(self, path):
+        """Errors already reported at `path` or below it."""
+        return [e for e in self.errors if e.path == path or e.path.startswith((path + ".", path + "["))]
+
+    def field(self, mapping, key, path, parse, default=None):
+        """parse(mapping[key]); an absent or null value gives `default`, as does an invalid one."""
+        value = mapping.get(key)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except Invalid as exc:
+            self.error(_key(path, key), str(exc))
+            return default
+
+    def items(self, mapping, key, path):
+        """[(item, item_path)] of the list at mapping[key]; absent or null is an empty list."""
+        value = mapping.get(key)
+        where = _key(path, key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(where, f"expected a list, got {describe(value)}")
+            return []
+        return [(item, _index(where, i)) for i, item in enumerate(value)]
+
+    def scalar_list(self, mapping, key, path, parse):
+        """A list of scalars, each parsed; invalid items are left out (and reported)."""
+        result = []
+        for item, where in self.items(mapping, key, path):
+            try:
+                result.append(parse(item))
+            except Invalid as exc:
+                self.error(where, str(exc))
+        return result
+
+
+# -- the document ---------------------------------------------------------------------
+
+
+def parse_document(data):
+    """(normalized document or None, [ConfigError]) for the parsed YAML `data`."""
+    r = _Reader()
+    if not isinstance(data, dict):
+        r.error("", f"the document must be a mapping with version: {VERSION} and the sections "
+                    f"{', '.join(SECTIONS)}; got {describe(data)}")
+        return None, r.errors
+    r.mapping(data, "", ("version",) + SECTIONS)
+    if "version" not in data:
+        r.error("version", f"required key is missing (write version: {VERSION})")
+    elif data["version"] != VERSION or isinstance(data["version"], bool):
+        r.error("version", f"unsupported version {data['version']!r} (this Gatehouse reads version {VERSION})")
+
+    doc = {
+        "settings": _settings(r, data["settings"], "settings") if data.get("settings") is not None else None,
+        "access_lists": [_access_list(r, item, at) for item, at in r.items(data, "access_lists", "")],
+        "certificates": [_certificate(r, item, at) for item, at in r.items(data, "certificates", "")],
+        "proxy_hosts": [_proxy_host(r, item, at) for item, at in r.items(data, "proxy_hosts", "")],
+        "redirection_hosts": [_redirection_host(r, item, at) for item, at in r.items(data, "redirection_hosts", "")],
+        "dead_hosts": [_dead_host(r, item, at) for item, at in r.items(data, "dead_hosts", "")],
+        "streams": [_stream(r, item, at) for item, at in r.items(data, "streams", "")],
+    }
+    for section in SECTIONS[1:]:
+        doc[section] = [item for item in doc[section] if item is not None]
+    _check_unique(r, doc["access_lists"], "name", "access list")
+    _check_unique(r, doc["certificates"], "name", "certificate")
+    _check_streams_unique(r, doc["streams"])
+    _check_domains_unique(r, doc)
+    return doc, r.errors
+
+
+def _settings(r, value, at):
+    m = r.mapping(value, at, SETTINGS_KEYS)
+    if m is None:
+        return None
+    result = {"default_site_action": "welcome", "default_site_to": "", "default_site_body": "",
+              "acme_email": "", "acme_directory": DEFAULT_ACME_DIRECTORY, "trusted_proxies": []}
+    if m.get("default_site") is not None:
+        where = _key(at, "default_site")
+        site = r.mapping(m["default_site"], where, ("action", "to", "body"), required=("action",))
+        if site is not None:
+            action = r.field(site, "action", where, default_site_action)
+            result["default_site_action"] = action or "welcome"
+            if action == "redirect":
+                if site.get("to") is None:
+                    r.error(_key(where, "to"), "required when action is redirect")
+                result["default_site_to"] = r.field(site, "to", where, validators.web_url, "")
+            elif site.get("to") is not None:
+                r.error(_key(where, "to"), "only allowed when action is redirect")
+            if action == "html":
+                if site.get("body") is None:
+                    r.error(_key(where, "body"), "required when action is html")
+                result["default_site_body"] = r.field(site, "body", where, text, "")
+            elif site.get("body") is not None:
+                r.error(_key(where, "body"), "only allowed when action is html")
+    if m.get("acme") is not None:
+        where = _key(at, "acme")
+        acme = r.mapping(m["acme"], where, ("email", "directory"))
+        if acme is not None:
+            result["acme_email"] = r.field(acme, "email", where, email, "")
+            result["acme_directory"] = r.field(acme, "directory", where, validators.web_url, DEFAULT_ACME_DIRECTORY)
+    result["trusted_proxies"] = r.scalar_list(m, "trusted_proxies", at, validators.cidr)
+    return result
+
+
+def _access_list(r, value, at):
+    m = r.mapping(value, at, ACCESS_LIST_KEYS, required=("name",))
+    if m is None:
+        return None
+    users, usernames = [], set()
+    for item, where in r.items(m, "users", at):
+        user = r.mapping(item, where, ("username", "password", "password_hash"), required=("username",))
+        if user is None:
+            continue
+        username = r.field(user, "username", where, lambda v: name(v, 150))
+        if username in usernames:
+            r.error(_key(where, "username"), f"user {username!r} is listed twice")
+        usernames.add(username)
+        has_password, has_hash = user.get("password") is not None, user.get("password_hash") is not None
+        if has_password == has_hash:
+            r.error(where, "give exactly one of password (plain text, hashed on import) or password_hash")
+            continue
+        if has_password:
+            users.append({"username": username, "password": r.field(user, "password", where, text)})
+        else:
+            users.append({"username": username, "password_hash": r.field(user, "password_hash", where, password_hash)})
+    rules = []
+    for item, where in r.items(m, "rules", at):
+        if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("allow", "deny"):
+            r.error(where, f"expected a rule like {{allow: 192.168.1.0/24}} or {{deny: all}}, got {describe(item)}")
+            continue
+        (action, source), = item.items()
+        try:
+            rules.append({"action": action, "source": validators.access_source(source)})
+        except Invalid as exc:
+            r.error(_key(where, action), str(exc))
+    return {
+        "at": at,
+        "name": r.field(m, "name", at, name),
+        "satisfy": r.field(m, "satisfy", at, choice(("any", "all")), "any"),
+        "pass_auth": r.field(m, "pass_auth", at, boolean, False),
+        "users": users,
+        "rules": rules,
+    }
+
+
+def password_hash(value):
+    from django.contrib.auth.hashers import identify_hasher
+
+    if not isinstance(value, str):
+        raise Invalid(f"expected a Django password hash, got {describe(value)}")
+    try:
+        identify_hasher(value)
+    except ValueError:
+        raise Invalid("not a Django password hash (like pbkdf2_sha256$...); use password: for plain text") from None
+    return value
+
+
+def _certificate(r, value, at):
+    m = r.mapping(value, at, CERTIFICATE_KEYS, required=("name", "provider"))
+    if m is None:
+        return None
+    provider = r.field(m, "provider", at, choice(PROVIDERS))
+    cert = {
+        "at": at,
+        "name": r.field(m, "name", at, name),
+        "provider": provider,
+        "domains": r.scalar_list(m, "domains", at, validators.hostname),
+        "certificate_pem": r.field(m, "certificate_pem", at, pem),
+        "key_pem": r.field(m, "key_pem", at, pem),
+        "chain_pem": r.field(m, "chain_pem", at, pem, ""),
+    }
+    if provider == "custom" and m.get("certificate_pem") is None:
+        r.error(_key(at, "certificate_pem"), "required for a custom certificate")
+    if cert["certificate_pem"] is None:
+        for key in ("key_pem", "chain_pem"):
+            if m.get(key) is not None:
+                r.error(_key(at, key), "only allowed together with certificate_pem")
+    else:
+        leaf = _check_pems(r, cert, at)
+        if leaf is not None and not m.get("domains"):
+            cert["domains"] = sorted(validators.certificate_names(leaf))
+    if provider == "letsencrypt" and not m.get("domains"):
+        r.error(_key(at, "domains"), "a Let's Encrypt certificate needs at least one domain")
+    return cert
+
+
+def _check_pems(r, cert, at):
+    """The certificate (and chain) parse and the key, when given, matches; returns the leaf."""
+    try:
+        leaf = validators.certificate_chain(cert["certificate_pem"])[0]
+    except Invalid as exc:
+        r.error(_key(at, "certificate_pem"), str(exc))
+        return None
+    if cert["chain_pem"]:
+        try:
+            validators.certificate_chain(cert["chain_pem"])
+        except Invalid as exc:
+            r.error(_key(at, "chain_pem"), str(exc))
+    if cert["key_pem"] is not None:
+        try:
+            validators.certificate_with_key(cert["certificate_pem"], cert["key_pem"])
+        except Invalid as exc:
+            r.error(_key(at, "key_pem"), str(exc))
+    return leaf
+
+
+def _domains(r, m, at):
+    domains = []
+    for item, where in r.items(m, "domains", at):
+        try:
+            domain = validators.hostname(item)
+        except Invalid as exc:
+            r.error(where, str(exc))
+            continue
+        if domain in domains:
+            r.error(where, f"{domain} is listed twice")
+            continue
+        domains.append(domain)
+    if m.get("domains") is not None and not domains and not r.errors_at(_key(at, "domains")):
+        r.error(_key(at, "domains"), "at least one domain name is required")
+    return domains
+
+
+def _upstream(value):
+    scheme, host, port = validators.upstream_url(value)
+    return {"scheme": scheme, "host": host, "port": port, "weight": 1}
+
+
+def _upstreams(r, m, at):
+    result = []
+    for item, where in r.items(m, "upstreams", at):
+        if isinstance(item, dict):
+            entry = r.mapping(item, where, ("url", "weight"), required=("url",))
+            if entry is None or entry.get("url") is None:
+                continue
+            upstream = r.field(entry, "url", where, _upstream)
+            weight = r.field(entry, "weight", where, lambda v: validators.positive_int(v, "weight", 1, MAX_WEIGHT), 1)
+            if upstream is not None:
+                result.append({**upstream, "weight": weight})
+        else:
+            try:
+                result.append(_upstream(item))
+            except Invalid as exc:
+                r.error(where, str(exc))
+    return result
+
+
+def _compression(r, m, at):
+    """The list of encodings, or None when the key is absent or null."""
+    if m.get("compression") is None:
+        return None
+    result = []
+    for item, where in r.items(m, "compression", at):
+        try:
+            encoding = choice(COMPRESSIONS)(item)
+        except Invalid as exc:
+            r.error(where, str(exc))
+            continue
+        if encoding in result:
+            r.error(where, f"{encoding} is listed twice")
+            continue
+        result.append(encoding)
+    return result
+
+
+def _cache(r, m, at):
+    if m.get("cache") is None:
+        return None
+    where = _key(at, "cache")
+    cache = r.mapping(m["cache"], where, ("enabled", "default_ttl"))
+    if cache is None:
+        return None
+    return {"enabled": r.field(cache, "enabled", where, boolean, True),
+            "default_ttl": r.field(cache, "default_ttl", where, validators.duration, 0.0)}
+
+
+def _rate_limit(r, m, at):
+    if m.get("rate_limit") is None:
+        return None
+    where = _key(at, "rate_limit")
+    limit = r.mapping(m["rate_limit"], where, ("requests", "per", "key", "burst"), required=("requests",))
+    if limit is None:
+        return None
+    return {"requests": r.field(limit, "requests", where, lambda v: validators.positive_int(v, "requests"), 1),
+            "per": r.field(limit, "per", where, positive_duration, 1.0),
+            "key": r.field(limit, "key", where, rate_limit_key, "ip"),
+            "burst": r.field(limit, "burst", where, lambda v: validators.positive_int(v, "burst", minimum=0), 0)}
+
+
+def _headers(r, m, at):
+    if m.get("headers") is None:
+        return None
+    where = _key(at, "headers")
+    headers = r.mapping(m["headers"], where, ("request", "response"))
+    if headers is None:
+        return None
+    result = {}
+    for direction in ("request", "response"):
+        result[direction] = {"set": {}, "remove": []}
+        if headers.get(direction) is None:
+            continue
+        dir_path = _key(where, direction)
+        rules = r.mapping(headers[direction], dir_path, ("set", "remove"))
+        if rules is None:
+            continue
+        if rules.get("set") is not None:
+            set_path = _key(dir_path, "set")
+            if not isinstance(rules["set"], dict):
+                r.error(set_path, f"expected a mapping of header names to values, got {describe(rules['set'])}")
+            else:
+                for header, value in rules["set"].items():
+                    try:
+                        result[direction]["set"][validators.header_name(header)] = validators.header_value(value)
+                    except Invalid as exc:
+                        r.error(_key(set_path, header), str(exc))
+        result[direction]["remove"] = r.scalar_list(rules, "remove", dir_path, validators.header_name)
+    return result
+
+
+def _proxy_host(r, value, at):
+    m = r.mapping(value, at, PROXY_HOST_KEYS, required=("domains", "upstreams"))
+    if m is None:
+        return None
+    host = {"at": at, "kind": "proxy_host", "domains": _domains(r, m, at),
+            "enabled": r.field(m, "enabled", at, boolean, True),
+            "upstreams": _upstreams(r, m, at),
+            "lb_policy": "round_robin", "health_check": None,
+            "websockets": r.field(m, "websockets", at, boolean, False),
+            "connect_timeout": 5.0, "response_timeout": 60.0,
+            "max_body_size": r.field(m, "max_body_size", at, validators.size),
+            "certificate": None, "force_https": False, "http2": False, "hsts": False, "hsts_subdomains": False,
+            "access_list": r.field(m, "access_list", at, name),
+            "compression": _compression(r, m, at) or [],
+            "cache": _cache(r, m, at),
+            "rate_limit": _rate_limit(r, m, at),
+            "headers": _headers(r, m, at),
+            "block_exploits": r.field(m, "block_exploits", at, boolean, False),
+            "locations": []}
+    if m.get("upstreams") is not None and not host["upstreams"] and not r.errors_at(_key(at, "upstreams")):
+        r.error(_key(at, "upstreams"), "at least one upstream is required")
+    if m.get("load_balancing") is not None:
+        where = _key(at, "load_balancing")
+        lb = r.mapping(m["load_balancing"], where, ("policy", "health_check"))
+        if lb is not None:
+            host["lb_policy"] = r.field(lb, "policy", where, choice(LB_POLICIES), "round_robin")
+            if lb.get("health_check") is not None:
+                check_path = _key(where, "health_check")
+                check = r.mapping(lb["health_check"], check_path, ("path", "interval"))
+                if check is not None:
+                    host["health_check"] = {"path": r.field(check, "path", check_path, url_path, "/"),
+                                            "interval": r.field(check, "interval", check_path, positive_duration, 10.0)}
+    if m.get("timeouts") is not None:
+        where = _key(at, "timeouts")
+        timeouts = r.mapping(m["timeouts"], where, ("connect", "response"))
+        if timeouts is not None:
+            host["connect_timeout"] = r.field(timeouts, "connect", where, positive_duration, 5.0)
+            host["response_timeout"] = r.field(timeouts, "response", where, positive_duration, 60.0)
+    if m.get("ssl") is not None:
+        where = _key(at, "ssl")
+        ssl = r.mapping(m["ssl"], where, ("certificate", "force_https", "http2", "hsts", "hsts_subdomains"))
+        if ssl is not None:
+            host["certificate"] = r.field(ssl, "certificate", where, name)
+            for flag in ("force_https", "http2", "hsts", "hsts_subdomains"):
+                host[flag] = r.field(ssl, flag, where, boolean, False)
+    paths = set()
+    for position, (item, where) in enumerate(r.items(m, "locations", at)):
+        location = r.mapping(item, where, LOCATION_KEYS, required=("path",))
+        if location is None:
+            continue
+        path = r.field(location, "path", where, url_path)
+        if path is not None and path in paths:
+            r.error(_key(where, "path"), f"location {path} is listed twice")
+        paths.add(path)
+        host["locations"].append({"position": position, "path": path, "upstreams": _upstreams(r, location, where),
+                                  "cache": _cache(r, location, where), "headers": _headers(r, location, where),
+                                  "compression": _compression(r, location, where),
+                                  "rate_limit": _rate_limit(r, location, where)})
+    return host
+
+
+def _redirection_host(r, value, at):
+    m = r.mapping(value, at, REDIRECTION_HOST_KEYS, required=("domains", "to"))
+    if m is None:
+        return None
+    return {"at": at, "kind": "redirection_host", "domains": _domains(r, m, at),
+            "enabled": r.field(m, "enabled", at, boolean, True),
+            "to": r.field(m, "to", at, validators.web_url),
+            "code": r.field(m, "code", at, choice(REDIRECT_CODES), 301),
+            "preserve_path": r.field(m, "preserve_path", at, boolean, True)}
+
+
+def _dead_host(r, value, at):
+    m = r.mapping(value, at, DEAD_HOST_KEYS, required=("domains",))
+    if m is None:
+        return None
+    return {"at": at, "kind": "dead_host", "domains": _domains(r, m, at),
+            "enabled": r.field(m, "enabled", at, boolean, True)}
+
+
+def _stream(r, value, at):
+    m = r.mapping(value, at, STREAM_KEYS, required=("listen", "upstream"))
+    if m is None:
+        return None
+    upstream = r.field(m, "upstream", at, validators.host_port, (None, None))
+    return {"at": at, "listen": r.field(m, "listen", at, validators.port),
+            "protocol": r.field(m, "protocol", at, choice(("tcp", "udp")), "tcp"),
+            "upstream_host": upstream[0], "upstream_port": upstream[1],
+            "enabled": r.field(m, "enabled", at, boolean, True)}
+
+
+# -- whole-document checks ------------------------------------------------------------
+
+
+def _check_unique(r, items, key, what):
+    seen = {}
+    for item in items:
+        value = item[key]
+        if value is None:
+            continue
+        if value in seen:
+            r.error(_key(item["at"], key), f"{what} {value!r} is already defined at {seen[value]}")
+        else:
+            seen[value] = item["at"]
+
+
+def _check_streams_unique(r, streams):
+    seen = {}
+    for stream in streams:
+        identity = (stream["listen"], stream["protocol"])
+        if stream["listen"] is None:
+            continue
+        if identity in seen:
+            r.error(_key(stream["at"], "listen"), f"{stream['protocol']} port {stream['listen']} is already used by {seen[identity]}")
+        else:
+            seen[identity] = stream["at"]
+
+
+def hosts(doc):
+    """Every host of the document, of all kinds, in document order."""
+    return [host for section in HOST_SECTIONS for host in doc[section]]
+
+
+def _check_domains_unique(r, doc):
+    """A domain belongs to at most one enabled host of the document."""
+    owner = {}
+    for host in hosts(doc):
+        if not host["enabled"]:
+            continue
+        for i, domain in enumerate(host["domains"]):
+            if domain in owner:
+                r.error(_index(_key(host["at"], "domains"), i), f"{domain} is already used by {owner[domain]}")
+            else:
+                owner[domain] = host["at"]
