@@ -1,0 +1,46 @@
+"""`python -m proxy_engine --document-file PATH`: the engine without Django.
+
+For development and tests: the snapshot document is read from a JSON file, and the revision
+is the document's own `revision` (re-read from the file on every poll). `manage.py runproxy`
+is the production entry point; both call `proxy_engine.server.run`.
+"""
+import argparse
+import json
+import logging
+import sys
+
+from proxy_engine.server import run
+
+
+def file_source(path):
+    def load_document():
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def current_revision():
+        return load_document().get("revision")
+
+    return load_document, current_revision
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m proxy_engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--document-file", required=True, help="JSON snapshot document (docs/snapshot.md)")
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--https-port", type=int, default=None)
+    parser.add_argument("--bind", default="127.0.0.1", help="address(es), comma-separated")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--redis-url", default="")
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_document, current_revision = file_source(args.document_file)
+    return run(http_port=args.http_port, https_port=args.https_port, bind=args.bind,
+               workers=args.workers, load_document=load_document, current_revision=current_revision,
+               redis_url=args.redis_url or None, poll_interval=args.poll_interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Every failure the engine answers for itself, mapped to a status in one place.
+
+Upstream causes are typed (`UpstreamFailure` subclasses) so the mapping never parses
+strings: refused/unreachable/reset/DNS/bad response -> 502, timeouts -> 504. Client-side
+problems (malformed request, too large) have their own statuses. The answer names the cause
+in words, never the upstream address; it is HTML, or JSON when the client prefers JSON.
+"""
+import json
+
+from twisted.internet import error as terror
+
+from proxy_engine.pages import page
+
+REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 301: b"Moved Permanently",
+    302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",
+    404: b"Not Found", 408: b"Request Timeout", 417: b"Expectation Failed", 413: b"Content Too Large",
+    431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+class UpstreamFailure(Exception):
+    """Why an upstream exchange failed; `status` and `cause` are what the client sees."""
+    status = 502
+    cause = "the upstream service failed"
+
+
+class ConnectRefused(UpstreamFailure):
+    cause = "connection refused by the upstream service"
+
+
+class ConnectUnreachable(UpstreamFailure):
+    cause = "the upstream service is unreachable"
+
+
+class NameNotFound(UpstreamFailure):
+    cause = "the upstream host name was not found"
+
+
+class ConnectTimeout(UpstreamFailure):
+    status = 504
+    cause = "timed out connecting to the upstream service"
+
+
+class ResponseTimeout(UpstreamFailure):
+    status = 504
+    cause = "the upstream service timed out"
+
+
+class UpstreamReset(UpstreamFailure):
+    cause = "the upstream service closed the connection"
+
+
+class BadResponse(UpstreamFailure):
+    cause = "the upstream service sent an invalid response"
+
+
+class UnsupportedScheme(UpstreamFailure):
+    cause = "https upstreams are not supported yet"
+
+
+def failure_for_connect_error(reason):
+    """Map a Twisted connection failure (Failure or exception) to an UpstreamFailure."""
+    exc = getattr(reason, "value", reason)
+    if isinstance(exc, terror.TimeoutError):
+        return ConnectTimeout()
+    if isinstance(exc, terror.ConnectionRefusedError):
+        return ConnectRefused()
+    if isinstance(exc, terror.DNSLookupError):
+        return NameNotFound()
+    if isinstance(exc, (terror.NoRouteError, terror.ConnectError)):
+        return ConnectUnreachable()
+    return UpstreamFailure()
+
+
+CLIENT_ERRORS = {
+    400: "The request was malformed.",
+    413: "The request body is larger than this site accepts.",
+    431: "The request headers are too large.",
+    417: "Only the 100-continue expectation is supported.",
+    505: "This HTTP version is not supported.",
+    503: "The proxy is starting and has no configuration yet.",
+}
+
+
+def error_body(status, cause, wants_json):
+    """(content type, body) of an error answer."""
+    if wants_json:
+        return b"application/json", json.dumps({"status": status, "error": cause}).encode()
+    title = f"{status} {REASONS.get(status, b'Error').decode()}"
+    return b"text/html; charset=utf-8", page(title, cause)

@@ -1,0 +1,112 @@
+"""Header rewriting as pure functions, applied in both directions.
+
+Headers travel as lists of `(lower_name, name, value)` bytes triples, built once by the
+parser callbacks, so nothing is lower-cased twice. The functions return whole message heads
+built with one `b"".join`.
+
+Hop-by-hop headers (one named list, both directions): Connection and every header it names,
+Keep-Alive, Proxy-Connection, Proxy-Authorization, TE, Trailer, Transfer-Encoding, Upgrade.
+Framing (Content-Length / Transfer-Encoding) is re-added by the caller from what it actually
+sends. Headers the proxy adds itself are appended after filtering, so a client naming them in
+Connection cannot remove them.
+"""
+
+HOP_BY_HOP = frozenset((
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade",
+))
+# Dropped from requests besides hop-by-hop: re-framed, answered by the proxy, or re-set.
+_REQUEST_DROP = HOP_BY_HOP | frozenset((
+    b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-real-ip",
+))
+_RESPONSE_DROP = HOP_BY_HOP | frozenset((b"content-length",))
+_EMPTY = frozenset()
+
+
+def connection_tokens(headers):
+    """Lower-case names listed in Connection headers (the extra hop-by-hop headers)."""
+    tokens = None
+    for lname, _, value in headers:
+        if lname == b"connection":
+            if tokens is None:
+                tokens = set()
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens) if tokens else _EMPTY
+
+
+def forwarded_values(headers, client_ip, proto, host, trusted):
+    """(X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP) for the upstream.
+
+    Incoming X-Forwarded-* and X-Real-IP are kept only when the peer is a trusted proxy;
+    otherwise they are replaced by what this proxy saw.
+    """
+    if not trusted:
+        return client_ip, proto, host, client_ip
+    xff = []
+    xproto = xhost = real = None
+    for lname, _, value in headers:
+        if lname == b"x-forwarded-for":
+            xff.append(value.strip())
+        elif lname == b"x-forwarded-proto" and xproto is None:
+            xproto = value.strip()
+        elif lname == b"x-forwarded-host" and xhost is None:
+            xhost = value.strip()
+        elif lname == b"x-real-ip" and real is None:
+            real = value.strip()
+    if xff:
+        chain = b", ".join(xff)
+        forwarded_for = chain + b", " + client_ip
+        if real is None:
+            real = chain.rsplit(b",", 1)[-1].strip()
+    else:
+        forwarded_for = client_ip
+    return forwarded_for, xproto or proto, xhost or host, real or client_ip
+
+
+def upstream_request_head(method, target, headers, client_ip, proto, host, trusted, framing,
+                          upgrade=None):
+    """The request head sent upstream (HTTP/1.1, target as sent, Host preserved).
+
+    `framing` is the exact framing line(s) for the body we will send (b"" for none);
+    `upgrade` is the Upgrade value to pass through (the host allows it) or None.
+    """
+    drop = connection_tokens(headers)
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    append = parts.append
+    for lname, name, value in headers:
+        if lname in _REQUEST_DROP or lname in drop:
+            continue
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    xff, xproto, xhost, real = forwarded_values(headers, client_ip, proto, host, trusted)
+    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", xproto,
+              b"\r\nX-Forwarded-Host: ", xhost, b"\r\nX-Real-IP: ", real, b"\r\n", framing)
+    if upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    append(b"\r\n")
+    return b"".join(parts)
+
+
+def client_response_head(status_line, headers, framing, connection=b""):
+    """The response head sent to the client.
+
+    `status_line` is the full first line with CRLF; `framing` the framing line(s) for the
+    body as we send it; `connection` an optional b"Connection: ...\\r\\n" line of our own.
+    """
+    drop = connection_tokens(headers)
+    parts = [status_line]
+    append = parts.append
+    for lname, name, value in headers:
+        if lname in _RESPONSE_DROP or lname in drop:
+            continue
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    append(framing)
+    append(connection)
+    append(b"\r\n")
+    return b"".join(parts)

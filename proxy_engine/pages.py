@@ -1,0 +1,15 @@
+"""Small branded pages the engine answers with itself, rendered once at import."""
+
+
+def page(title, message):
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>{t}</title>"
+        "<style>body{{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;color:#222}}"
+        "small{{color:#888}}</style></head><body><h1>{t}</h1><p>{m}</p>"
+        "<small>Gatehouse</small></body></html>"
+    ).format(t=title, m=message).encode("utf-8")
+
+
+NOT_FOUND_PAGE = page("404 Not Found", "There is nothing configured at this address.")
+WELCOME_PAGE = page("Gatehouse is running", "This address has no host configured yet.")
+STARTING_PAGE = page("503 Service Unavailable", "The proxy is starting and has no configuration yet.")

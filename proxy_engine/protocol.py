@@ -1,0 +1,611 @@
+"""The HTTP/1.1 reverse proxy: one plain Twisted `Protocol` per client connection.
+
+Requests are parsed with `httptools.HttpRequestParser` callbacks into `Request` objects.
+Connection states (`ProxyProtocol.state`):
+
+- IDLE: between requests on a keep-alive connection; the idle timeout runs;
+- HEAD: the first bytes of a request arrived; the header timeout runs (slowloris);
+- ACTIVE: a request is routed and being answered (locally, or by an upstream: waiting for a
+  connection, streaming the body up, streaming the response down); timeouts are the
+  upstream's (connect, response);
+- TUNNEL: an allowed Upgrade was answered 101; bytes are relayed both ways until a close;
+- CLOSED: we decided to close (or the client left); further input is ignored.
+
+A request captures the router (= snapshot) current when its head completes and finishes on
+it. Pipelined requests are queued in order; the next starts when the current answer ends.
+
+Backpressure: while an upstream connection is in use, each transport is registered as the
+streaming producer of the other, so a slow reader pauses the fast writer.
+
+The hot path (head complete -> route -> pick -> one joined request head -> writeSequence,
+then body relay) has no Deferreds, logging or regexes; timers are deadline timestamps that
+re-arm one `callLater` only when it has fired.
+"""
+import ipaddress
+import logging
+
+import httptools
+from twisted.internet.protocol import Factory, Protocol
+
+from proxy_engine.errors import CLIENT_ERRORS, REASONS, UnsupportedScheme, error_body
+from proxy_engine.headers import client_response_head, upstream_request_head
+from proxy_engine.pages import STARTING_PAGE
+from proxy_engine.routing import Router, normalize_host
+from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
+from proxy_engine.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+IDLE, HEAD, ACTIVE, TUNNEL, CLOSED = "idle", "head", "active", "tunnel", "closed"
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CONNECTION_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HTML = b"text/html; charset=utf-8"
+_PIPELINE_BUFFER = 1 << 20
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to refuse the request with `status`."""
+
+    def __init__(self, status):
+        self.status = status
+
+
+class Request:
+    __slots__ = (
+        "method", "target", "version", "headers", "host", "host_count", "content_length",
+        "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
+        "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
+        "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
+    )
+
+    def __init__(self):
+        self.target = b""
+        self.headers = []
+        self.host = None
+        self.host_count = 0
+        self.content_length = None
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade = None
+        self.complete = False
+        self.buffered = None
+        self.body_bytes = 0
+        self.head_size = 0
+        self.conn = None
+        self.connector = None
+        self.responded = False
+        self.chunk_out = False
+        self.close_after = False
+        self.retried = False
+        self.max_body = None
+        self.waiting = True
+
+
+class ProxyFactory(Factory):
+    """Builds one `ProxyProtocol` per connection; holds the served router and the pool.
+
+    `swap(snapshot)` builds the new router fully, then replaces one reference; requests
+    in flight keep the router they captured.
+    """
+
+    def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
+                 idle_timeout=75.0, max_head_size=16384, max_headers=100):
+        self.reactor = reactor
+        self.pool = pool if pool is not None else UpstreamPool(reactor)
+        self.scheme = scheme
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_head_size = max_head_size
+        self.max_headers = max_headers
+        self.router = None
+        self.active = 0
+
+    def swap(self, snapshot):
+        router = Router(snapshot)
+        self.router = router
+        addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
+        addresses.update(u.address for h in snapshot.proxy_hosts for loc in h.locations for u in loc.upstreams)
+        self.pool.retain(addresses)
+        return router
+
+    def buildProtocol(self, addr):
+        return ProxyProtocol(self)
+
+
+class ProxyProtocol(Protocol):
+    __slots__ = (
+        "factory", "reactor", "pool", "parser", "state", "parsing", "active", "queue",
+        "client_ip", "peer", "trusted", "trusted_for", "deadline", "timer", "reject",
+        "head_bytes", "queued_bytes", "tunnel_pending", "discard",
+    )
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.reactor = factory.reactor
+        self.pool = factory.pool
+        self.parser = httptools.HttpRequestParser(self)
+        self.state = IDLE
+        self.parsing = None
+        self.active = None
+        self.queue = None
+        self.trusted = False
+        self.trusted_for = None
+        self.timer = None
+        self.reject = 0
+        self.head_bytes = 0
+        self.queued_bytes = 0
+        self.tunnel_pending = None
+        self.discard = False
+
+    # -- Twisted ------------------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", "127.0.0.1")
+        self.client_ip = host.encode("ascii")
+        try:
+            self.peer = ipaddress.ip_address(host)
+        except ValueError:
+            self.peer = None
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            nodelay(True)
+        self._arm(self.factory.header_timeout)
+
+    def dataReceived(self, data):
+        state = self.state
+        if state is TUNNEL:
+            self.active.conn.transport.write(data)
+            return
+        if state is CLOSED or self.discard:
+            return
+        if state is not ACTIVE and self.parsing is not None:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_input(data[upgrade.args[0]:])
+            return
+        except httptools.HttpParserError:
+            self._refuse(self.reject or 400)
+            return
+        if self.parsing is not None and self.head_bytes > self.factory.max_head_size and self._in_head():
+            self._refuse(431)
+
+    def connectionLost(self, reason=None):
+        self.state = CLOSED
+        self._stop_timer()
+        request = self.active
+        self.active = None
+        self.queue = None
+        if request is not None:
+            self._detach_upstream(request, abort=True)
+            self.factory.active -= 1
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self):
+        self.parsing = Request()
+        self.head_bytes = 0
+        if self.state is IDLE:
+            self.state = HEAD
+            self._arm(self.factory.header_timeout)
+
+    def on_url(self, url):
+        request = self.parsing
+        request.target += url
+        request.head_size += len(url)
+
+    def on_header(self, name, value):
+        request = self.parsing
+        lname = name.lower()
+        request.headers.append((lname, name, value))
+        request.head_size += len(name) + len(value) + 4
+        if request.head_size > self.factory.max_head_size or len(request.headers) > self.factory.max_headers:
+            self.reject = 431
+            raise _Reject(431)
+        if lname == b"host":
+            request.host = value
+            request.host_count += 1
+        elif lname == b"content-length":
+            request.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            request.chunked = True
+        elif lname == b"expect":
+            if value.lower() != b"100-continue":
+                self.reject = 417
+                raise _Reject(417)
+            request.expect_continue = True
+        elif lname == b"upgrade":
+            request.upgrade = value
+
+    def on_headers_complete(self):
+        request = self.parsing
+        parser = self.parser
+        version = parser.get_http_version()
+        request.method = parser.get_method()
+        request.is_head = request.method == b"HEAD"
+        request.keep_alive = parser.should_keep_alive()
+        if version == "1.1":
+            request.version = b"1.1"
+            if request.host_count != 1:
+                self.reject = 400
+                raise _Reject(400)
+        elif version == "1.0":
+            request.version = b"1.0"
+            if request.host_count > 1 or request.chunked:
+                self.reject = 400
+                raise _Reject(400)
+        else:
+            self.reject = 505
+            raise _Reject(505)
+        if not parser.should_upgrade():
+            request.upgrade = None
+        self.head_bytes = 0
+        if self.active is not None:
+            request.waiting = False
+            if self.queue is None:
+                self.queue = []
+            self.queue.append(request)
+        elif request.chunked or request.content_length:
+            # A body follows: route now so it can stream. Bodiless requests start once
+            # complete (on_message_complete), so their answer can keep the connection.
+            self._start(request)
+
+    def on_body(self, body):
+        request = self.parsing
+        size = request.body_bytes + len(body)
+        request.body_bytes = size
+        if request.max_body is not None and size > request.max_body:
+            self.reject = 413
+            raise _Reject(413)
+        conn = request.conn
+        if conn is not None and request is self.active:
+            if request.chunked:
+                conn.transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
+            else:
+                conn.transport.write(body)
+        elif not request.responded:
+            if request.buffered is None:
+                request.buffered = []
+            request.buffered.append(body)
+            if request is not self.active:
+                self.queued_bytes += len(body)
+                if self.queued_bytes > _PIPELINE_BUFFER:
+                    self.transport.pauseProducing()
+
+    def on_message_complete(self):
+        request = self.parsing
+        request.complete = True
+        self.parsing = None
+        if request.waiting:
+            if self.active is None:
+                self._start(request)
+            else:
+                request.waiting = False
+                if self.queue is None:
+                    self.queue = []
+                self.queue.append(request)
+            return
+        conn = request.conn
+        if conn is not None and request is self.active and request.chunked:
+            conn.transport.write(_LAST_CHUNK)
+
+    # -- starting a request -------------------------------------------------------------
+
+    def _start(self, request):
+        request.waiting = False
+        self.active = request
+        self.state = ACTIVE
+        self.factory.active += 1
+        router = self.factory.router
+        if router is None:
+            self._respond(request, 503, STARTING_PAGE, close=True)
+            return
+        request.router = router
+        target = request.target
+        if target[:1] == b"/":
+            host = request.host
+            path = target
+        elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            rest = target.split(b"://", 1)[1]
+            slash = rest.find(b"/")
+            host = rest if slash < 0 else rest[:slash]
+            path = b"/" if slash < 0 else rest[slash:]
+        elif target == b"*" and request.method == b"OPTIONS":
+            host = request.host
+            path = b"/"
+        else:
+            self._refuse(400)
+            return
+        route = router.route(normalize_host(host or b""))
+        request.route = route
+        kind = route.kind
+        if kind == "proxy":
+            max_body = route.max_body_size
+            if max_body is not None:
+                if request.content_length is not None and request.content_length > max_body:
+                    self._refuse(413)
+                    return
+                request.max_body = max_body
+            query = path.find(b"?")
+            group = route.select(path if query < 0 else path[:query])
+            request.upstream = group.pick()
+            if request.upstream.scheme != "http":
+                self._upstream_error(request, UnsupportedScheme())
+                return
+            if request.expect_continue and not request.complete:
+                self.transport.write(_CONTINUE)
+            request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
+        elif kind == "redirect":
+            location = route.location(path)
+            self._respond(request, route.code, b"", extra=b"Location: " + location + b"\r\n")
+        elif route.close:
+            self._close(abort=True)
+        else:
+            self._respond(request, route.status, route.body)
+
+    # -- upstream callbacks (the exchange interface) ------------------------------------
+
+    def upstream_ready(self, conn):
+        request = self.active
+        if request is None or self.state is CLOSED:
+            self.pool.release(conn)
+            return
+        request.conn = conn
+        request.connector = None
+        router = request.router
+        if self.trusted_for is not router:
+            peer = self.peer
+            self.trusted = peer is not None and any(peer in net for net in router.trusted)
+            self.trusted_for = router
+        if request.chunked:
+            framing = _CHUNKED
+        elif request.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % request.content_length
+        else:
+            framing = b""
+        upgrade = request.upgrade if request.route.websockets else None
+        head = upstream_request_head(
+            request.method, request.target, request.headers, self.client_ip, self.factory.scheme,
+            request.host or b"", self.trusted, framing, upgrade,
+        )
+        data = [head]
+        buffered = request.buffered
+        if buffered:
+            request.buffered = None
+            if request.chunked:
+                for piece in buffered:
+                    data += (b"%x\r\n" % len(piece), piece, b"\r\n")
+            else:
+                data += buffered
+        if request.complete and request.chunked:
+            data.append(_LAST_CHUNK)
+        conn.send(self, data, request.route.timeouts.response, request.is_head, upgrade is not None)
+        conn.transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(conn.transport, True)
+
+    def upstream_connect_failed(self, failure):
+        request = self.active
+        if request is not None:
+            request.connector = None
+            self._upstream_error(request, failure)
+
+    def upstream_head(self, conn):
+        request = self.active
+        status = conn.status
+        request.responded = True
+        if request.is_head or status in (204, 304):
+            framing = b"Content-Length: %d\r\n" % conn.content_length if (
+                conn.content_length is not None and status != 204) else b""
+        elif status == 101:
+            framing = b""
+        elif conn.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % conn.content_length
+        elif request.version == b"1.1":
+            framing = _CHUNKED
+            request.chunk_out = True
+        else:
+            framing = b""
+            request.close_after = True
+        if status == 101:
+            connection = b"Connection: upgrade\r\nUpgrade: " + (request.upgrade or b"") + b"\r\n"
+        elif request.close_after or not request.keep_alive or request.upgrade is not None or not request.complete:
+            request.close_after = True
+            connection = _CONNECTION_CLOSE
+        elif request.version == b"1.0":
+            connection = _KEEP_ALIVE
+        else:
+            connection = b""
+        reason = conn.reason or REASONS.get(status, b"")
+        self.transport.write(client_response_head(
+            b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers, framing, connection))
+
+    def upstream_body(self, data):
+        if self.active.chunk_out:
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def upstream_done(self, conn, reusable):
+        request = self.active
+        if request is None:
+            return
+        if request.chunk_out:
+            self.transport.write(_LAST_CHUNK)
+        self._detach_upstream(request, abort=False)
+        if reusable and request.complete and conn.state is not UPSTREAM_CLOSED:
+            self.pool.release(conn)
+        elif conn.state is not UPSTREAM_CLOSED:
+            conn.abort()
+        self._finish(request)
+
+    def upstream_failed(self, conn, failure):
+        request = self.active
+        if request is None:
+            return
+        self._detach_upstream(request, abort=True)
+        if (not request.responded and conn.reused and not conn.got_bytes and not request.retried
+                and request.method in _IDEMPOTENT and request.body_bytes == 0 and request.complete):
+            # A pooled connection the upstream had closed: retry once on a fresh one.
+            request.retried = True
+            request.connector = self.pool.connect(request.upstream, request.route.timeouts.connect, self)
+            return
+        self._upstream_error(request, failure)
+
+    def upstream_tunnel(self, rest):
+        request = self.active
+        self.state = TUNNEL
+        self._stop_timer()
+        if rest:
+            self.transport.write(rest)
+        pending = self.tunnel_pending
+        self.tunnel_pending = None
+        if pending:
+            request.conn.transport.write(pending)
+
+    def upstream_closed(self):
+        self._close(abort=False)
+
+    # -- answering and finishing --------------------------------------------------------
+
+    def _upstream_error(self, request, failure):
+        if request.responded:
+            self._close(abort=True)
+            return
+        self._respond(request, failure.status, None, cause=failure.cause, close=not request.complete)
+
+    def _refuse(self, status):
+        """Refuse the request being parsed (or the active one) and close the connection."""
+        active = self.active
+        if active is not None and self.parsing is not None and self.parsing is not active:
+            # A pipelined request is bad: answer the ones before it, then close.
+            self.discard = True
+            self.queue = None
+            active.close_after = True
+            return
+        request = active or self.parsing or Request()
+        if request.responded or self.state is CLOSED:
+            self._close(abort=True)
+            return
+        if request is self.active:
+            self._detach_upstream(request, abort=True)
+        request.keep_alive = False
+        self.queue = None
+        self._respond(request, status, None, cause=CLIENT_ERRORS.get(status, "The request was refused."), close=True,
+                      finish=request is self.active)
+
+    def _respond(self, request, status, body, extra=b"", cause=None, close=False, finish=True):
+        """A local answer: a page, a redirect, or an error page when `cause` is given."""
+        request.responded = True
+        if cause is not None:
+            wants_json = any(l == b"accept" and b"json" in v for l, _, v in request.headers)
+            content_type, body = error_body(status, cause, wants_json)
+        else:
+            content_type = _HTML
+        close = close or not request.keep_alive or not request.complete or request.upgrade is not None
+        request.close_after = close
+        parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            status, REASONS.get(status, b""), content_type, len(body)), extra]
+        if close:
+            parts.append(_CONNECTION_CLOSE)
+        elif request.version == b"1.0":
+            parts.append(_KEEP_ALIVE)
+        parts.append(b"\r\n")
+        if not getattr(request, "is_head", False):
+            parts.append(body)
+        self.transport.writeSequence(parts)
+        if finish:
+            self._finish(request)
+        else:
+            self._close(abort=False)
+
+    def _finish(self, request):
+        """The answer to `request` is complete: keep the connection, or close it."""
+        if self.active is request:
+            self.active = None
+            self.factory.active -= 1
+        if request.close_after or self.state is CLOSED:
+            self._close(abort=False)
+            return
+        self.transport.resumeProducing()
+        queue = self.queue
+        if queue:
+            following = queue.pop(0)
+            self.queued_bytes = 0
+            self._start(following)
+            return
+        self.state = HEAD if self.parsing is not None else IDLE
+        self._arm(self.factory.header_timeout if self.parsing is not None else self.factory.idle_timeout)
+
+    def _detach_upstream(self, request, abort):
+        conn = request.conn
+        connector = request.connector
+        if connector is not None:
+            request.connector = None
+            connector.cancel()
+        if conn is not None:
+            request.conn = None
+            if self.state is not CLOSED:
+                self.transport.unregisterProducer()
+            if conn.state is not UPSTREAM_CLOSED:
+                conn.transport.unregisterProducer()
+                conn.transport.resumeProducing()
+                if abort:
+                    conn.abort()
+
+    def _close(self, abort):
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self._stop_timer()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def _upgrade_input(self, rest):
+        """The parser stopped at an Upgrade request; `rest` is what follows its head."""
+        request = self.active
+        if request is not None and request.conn is not None and self.state is TUNNEL:
+            request.conn.transport.write(rest)
+        elif rest:
+            self.tunnel_pending = (self.tunnel_pending or b"") + rest
+
+    def _in_head(self):
+        request = self.parsing
+        return request is not None and not hasattr(request, "method")
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _arm(self, timeout):
+        self.deadline = deadline = self.reactor.seconds() + timeout
+        timer = self.timer
+        if timer is None:
+            self.timer = self.reactor.callLater(timeout, self._on_timer)
+        elif timer.getTime() > deadline:
+            timer.reset(timeout)
+
+    def _on_timer(self):
+        self.timer = None
+        if self.state is not IDLE and self.state is not HEAD:
+            return
+        left = self.deadline - self.reactor.seconds()
+        if left > 0:
+            self.timer = self.reactor.callLater(left, self._on_timer)
+        elif self.state is HEAD and self.parsing is not None:
+            self._respond(self.parsing, 408, None, cause="The request took too long to arrive.",
+                          close=True, finish=False)
+        else:
+            self._close(abort=False)
+
+    def _stop_timer(self):
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            if timer.active():
+                timer.cancel()

@@ -1,0 +1,215 @@
+"""Live reload: watch the configuration revision and swap whole snapshots.
+
+`ConfigWatcher` states:
+
+- STOPPED: before `start()` / after `stop()`;
+- WAITING: serving `revision` (None before the first good snapshot); a check happens on
+  every poll tick (`poll_interval`, default 2 s) and on every Redis message;
+- CHECKING: `current_revision()` is running in a thread;
+- LOADING: `load_document()` and `parse_snapshot()` are running in a thread.
+
+Triggers that arrive while CHECKING or LOADING set `again`, so one more check follows and
+none is lost. A Redis message carries the revision: if it equals the served one the check
+is skipped; otherwise the document is loaded directly. A revision whose document failed to
+parse is not re-parsed until the revision changes; a failed *load* (database down) is retried
+on the next tick. On success `on_snapshot(snapshot)` is called on the reactor thread; on
+failure the error is logged (a `SnapshotError` lists paths and problems, never secret values)
+and the last good snapshot keeps serving.
+
+The Redis subscriber is a daemon thread using redis-py: it subscribes to `gatehouse:config`,
+hands each message to the reactor with `callFromThread`, and reconnects with exponential
+backoff (capped) when Redis is down. After every (re)subscribe it asks for a check, in case a
+message was missed meanwhile. Blocking work never runs on the reactor thread.
+"""
+import logging
+import threading
+
+from twisted.internet import threads
+
+from proxy_engine.snapshot import SnapshotError, parse_snapshot
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "gatehouse:config"
+STOPPED, WAITING, CHECKING, LOADING = "stopped", "waiting", "checking", "loading"
+
+
+def _load_and_parse(load_document, parse):
+    document = load_document()
+    try:
+        return parse(document)
+    except SnapshotError as exc:
+        revision = document.get("revision") if isinstance(document, dict) else None
+        exc.revision = revision if isinstance(revision, int) else None
+        raise
+
+
+class ConfigWatcher:
+    def __init__(self, reactor, load_document, current_revision, on_snapshot, redis_url=None,
+                 poll_interval=2.0, parse=parse_snapshot, run_in_thread=None, channel=CHANNEL):
+        self.reactor = reactor
+        self.load_document = load_document
+        self.current_revision = current_revision
+        self.on_snapshot = on_snapshot
+        self.redis_url = redis_url or None
+        self.poll_interval = poll_interval
+        self.parse = parse
+        self.channel = channel
+        self.run_in_thread = run_in_thread or (
+            lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+        self.state = STOPPED
+        self.revision = None
+        self.refused_revision = None
+        self.last_error = None
+        self.again = False
+        self._poll_call = None
+        self._stopping = threading.Event()
+        self._thread = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self):
+        self.state = WAITING
+        self._stopping.clear()
+        if self.redis_url:
+            self._thread = threading.Thread(target=self._subscribe_loop, name="gatehouse-redis",
+                                            daemon=True)
+            self._thread.start()
+        self._tick()
+
+    def stop(self):
+        self.state = STOPPED
+        self._stopping.set()
+        if self._poll_call is not None and self._poll_call.active():
+            self._poll_call.cancel()
+        self._poll_call = None
+
+    # -- triggers (reactor thread) ------------------------------------------------------
+
+    def _tick(self):
+        self._poll_call = None
+        if self.state is STOPPED:
+            return
+        self.check()
+        self._poll_call = self.reactor.callLater(self.poll_interval, self._tick)
+
+    def notify(self, revision):
+        """A Redis message said `revision` is current."""
+        if self.state is STOPPED or revision == self.revision or revision == self.refused_revision:
+            return
+        self.check(revision)
+
+    def check(self, known_revision=None):
+        if self.state is STOPPED:
+            return
+        if self.state is not WAITING:
+            self.again = True
+            return
+        if known_revision is not None:
+            self._load()
+            return
+        self.state = CHECKING
+        d = self.run_in_thread(self.current_revision)
+        d.addCallbacks(self._checked, self._load_failed)
+
+    # -- results (reactor thread) -------------------------------------------------------
+
+    def _checked(self, revision):
+        if self.state is STOPPED:
+            return
+        self.state = WAITING
+        if revision == self.revision or (revision == self.refused_revision and revision is not None):
+            self._maybe_again()
+            return
+        self._load()
+
+    def _load(self):
+        self.state = LOADING
+        d = self.run_in_thread(_load_and_parse, self.load_document, self.parse)
+        d.addCallbacks(self._loaded, self._load_failed)
+
+    def _loaded(self, snapshot):
+        if self.state is STOPPED:
+            return
+        self.state = WAITING
+        if snapshot.revision != self.revision:
+            try:
+                self.on_snapshot(snapshot)
+            except Exception:
+                log.exception("could not apply configuration revision %s", snapshot.revision)
+            else:
+                self.revision = snapshot.revision
+                self.last_error = None
+                log.info("serving configuration revision %s", snapshot.revision)
+        self._maybe_again()
+
+    def _load_failed(self, failure):
+        if self.state is STOPPED:
+            return
+        self.state = WAITING
+        exc = failure.value
+        if isinstance(exc, SnapshotError):
+            self.refused_revision = getattr(exc, "revision", None)
+            message = str(exc)
+        else:
+            # Only the type and message: never the document, which holds secrets.
+            message = f"{type(exc).__name__}: {exc}"
+        if message != self.last_error:
+            log.error("configuration refused, keeping revision %s: %s", self.revision, message)
+        self.last_error = message
+        self._maybe_again()
+
+    def _maybe_again(self):
+        if self.again:
+            self.again = False
+            self.check()
+
+    # -- Redis (subscriber thread) ------------------------------------------------------
+
+    def _subscribe_loop(self):
+        import redis
+
+        delay = 0.5
+        warned = False
+        while not self._stopping.is_set():
+            client = None
+            try:
+                client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3,
+                                              socket_keepalive=True, health_check_interval=15)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                if warned:
+                    log.info("reconnected to Redis")
+                warned = False
+                delay = 0.5
+                self.reactor.callFromThread(self.check)
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        revision = _parse_revision(message.get("data"))
+                        self.reactor.callFromThread(self._on_message, revision)
+            except Exception as exc:
+                if not warned:
+                    log.warning("Redis unavailable (%s); polling every %ss, retrying", exc, self.poll_interval)
+                    warned = True
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+            finally:
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:
+                        pass
+
+    def _on_message(self, revision):
+        if revision is None:
+            self.check()
+        else:
+            self.notify(revision)
+
+
+def _parse_revision(data):
+    if isinstance(data, bytes):
+        data = data.decode("ascii", "replace")
+    data = str(data).strip()
+    return int(data) if data.isdigit() else None

@@ -1,0 +1,128 @@
+"""Routing: the table built once per snapshot, and the pure lookups on it.
+
+`Router(snapshot)` indexes every host by domain: an exact dict, a wildcard dict keyed by
+`*.rest` (a wildcard matches exactly one extra label), then the default site. Names are
+bytes so the per-request lookup never decodes. `route(host)` returns one of:
+
+- `ProxyRoute`: `select(path)` gives the `UpstreamGroup` of the longest matching location
+  prefix, else the host's own group;
+- `RedirectRoute`: a redirection host or the default site's redirect;
+- `StaticRoute`: a fixed local answer (dead host 404, default 404/html/welcome), or
+  `close=True` for the default site's 444 (close without answering).
+
+The Router and its routes are owned by one snapshot and never mutated after build, apart
+from the round-robin cursors inside each group.
+"""
+from proxy_engine.balancer import UpstreamGroup
+from proxy_engine.pages import NOT_FOUND_PAGE, WELCOME_PAGE
+
+
+class ProxyRoute:
+    __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets")
+    kind = "proxy"
+
+    def __init__(self, host):
+        self.host = host
+        self.group = UpstreamGroup(host.upstreams)
+        locations = []
+        for loc in host.locations:
+            group = UpstreamGroup(loc.upstreams) if loc.upstreams else self.group
+            locations.append((loc.path.encode("ascii"), group))
+        locations.sort(key=lambda item: len(item[0]), reverse=True)
+        self.locations = tuple(locations)
+        self.max_body_size = host.max_body_size
+        self.timeouts = host.timeouts
+        self.websockets = host.websockets
+
+    def select(self, path):
+        """The upstream group for `path` (bytes, no query): longest location prefix wins."""
+        for prefix, group in self.locations:
+            if path.startswith(prefix):
+                return group
+        return self.group
+
+
+class RedirectRoute:
+    __slots__ = ("to", "code", "preserve_path")
+    kind = "redirect"
+
+    def __init__(self, to, code, preserve_path):
+        self.to = to.encode("ascii").rstrip(b"/") if preserve_path else to.encode("ascii")
+        self.code = code
+        self.preserve_path = preserve_path
+
+    def location(self, target):
+        """The Location header value for a request whose origin-form target is `target`."""
+        return self.to + target if self.preserve_path else self.to
+
+
+class StaticRoute:
+    __slots__ = ("status", "body", "close")
+    kind = "static"
+
+    def __init__(self, status, body=b"", close=False):
+        self.status = status
+        self.body = body
+        self.close = close
+
+
+def normalize_host(raw):
+    """Lower-case host name from a Host header or authority (bytes): no port, no trailing dot."""
+    host = raw.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.rfind(b":")
+    if colon >= 0:
+        host = host[:colon]
+    return host.rstrip(b".")
+
+
+class Router:
+    __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default")
+
+    def __init__(self, snapshot):
+        exact = {}
+        wildcard = {}
+
+        def add(domains, route):
+            for name in domains:
+                key = name.encode("ascii")
+                (wildcard if key.startswith(b"*.") else exact)[key] = route
+
+        for host in snapshot.proxy_hosts:
+            add(host.domains, ProxyRoute(host))
+        for host in snapshot.redirection_hosts:
+            add(host.domains, RedirectRoute(host.to, host.code, host.preserve_path))
+        dead = StaticRoute(404, NOT_FOUND_PAGE)
+        for host in snapshot.dead_hosts:
+            add(host.domains, dead)
+        self.snapshot = snapshot
+        self.trusted = snapshot.settings.trusted_proxies
+        self.exact = exact
+        self.wildcard = wildcard
+        self.default = default_route(snapshot.settings.default_site)
+
+    def route(self, host):
+        """The route for a normalized host name (bytes)."""
+        route = self.exact.get(host)
+        if route is not None:
+            return route
+        dot = host.find(b".")
+        if dot > 0 and self.wildcard:
+            route = self.wildcard.get(b"*" + host[dot:])
+            if route is not None:
+                return route
+        return self.default
+
+
+def default_route(site):
+    if site.action == "444":
+        return StaticRoute(444, close=True)
+    if site.action == "redirect":
+        return RedirectRoute(site.to, 302, preserve_path=False)
+    if site.action == "html":
+        return StaticRoute(200, site.body.encode("utf-8"))
+    if site.action == "welcome":
+        return StaticRoute(200, WELCOME_PAGE)
+    return StaticRoute(404, NOT_FOUND_PAGE)

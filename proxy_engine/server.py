@@ -1,0 +1,162 @@
+"""Process entry point of the engine, free of Django: listening sockets, workers, shutdown.
+
+`run(...)` serves until SIGINT/SIGTERM. With `workers=1` it runs the reactor in this process.
+With `workers=N>1` this process becomes a supervisor: it forks N workers *before* any reactor
+exists; each worker binds its own listening socket with SO_REUSEPORT (the kernel spreads
+connections across them) and adopts it with `reactor.adoptStreamPort`. The supervisor
+forwards SIGTERM/SIGINT to every worker, restarts a worker that dies (with a short pause if
+it dies quickly), and exits when all workers are gone after a stop signal.
+
+Worker lifecycle: STARTING (listening, 503 until the first good snapshot) -> SERVING ->
+DRAINING (on shutdown: stop accepting, wait up to `drain_timeout` for in-flight requests)
+-> stopped.
+
+`load_document()` and `current_revision()` are blocking callables; they only ever run in
+the reactor's thread pool (see `proxy_engine.reload`).
+"""
+import logging
+import os
+import signal
+import socket
+import time
+
+from proxy_engine.protocol import ProxyFactory
+from proxy_engine.reload import ConfigWatcher
+
+log = logging.getLogger(__name__)
+
+
+def listening_socket(address, port, backlog=1024, reuse_port=True):
+    """A bound, listening, non-blocking socket with SO_REUSEADDR (+ SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if address == "::" else 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(reactor, factory, addresses, port, reuse_port=True):
+    """Adopt one listening socket per address into `reactor`; returns the listening ports."""
+    ports = []
+    for address in addresses:
+        sock = listening_socket(address, port, reuse_port=reuse_port)
+        family = sock.family
+        ports.append(reactor.adoptStreamPort(sock.fileno(), family, factory))
+        sock.close()                  # the reactor holds its own duplicate
+    return ports
+
+
+def _drain(reactor, factory, ports, timeout):
+    from twisted.internet import defer
+
+    for port in ports:
+        port.stopListening()
+    done = defer.Deferred()
+    deadline = reactor.seconds() + timeout
+
+    def poll():
+        if factory.active <= 0 or reactor.seconds() >= deadline:
+            factory.pool.close_all()
+            done.callback(None)
+        else:
+            reactor.callLater(0.05, poll)
+
+    poll()
+    return done
+
+
+def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
+               poll_interval=2.0, reuse_port=True, drain_timeout=10.0):
+    """Run one reactor serving the engine until it is stopped (signals stop it)."""
+    from twisted.internet import reactor
+
+    reactor.suggestThreadPoolSize(4)
+    factory = ProxyFactory(reactor)
+    watcher = ConfigWatcher(reactor, load_document, current_revision, factory.swap,
+                            redis_url=redis_url, poll_interval=poll_interval)
+    ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
+    log.info("engine worker %s listening on %s port %s", os.getpid(), ", ".join(addresses), http_port)
+    reactor.callWhenRunning(watcher.start)
+    reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", _drain, reactor, factory, ports, drain_timeout)
+    reactor.run()
+
+
+def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
+        redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None):
+    """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers."""
+    addresses = [a.strip() for a in bind.split(",") if a.strip()] or ["0.0.0.0"]
+    if https_port:
+        log.warning("HTTPS port %s is not served yet (TLS comes with the TLS issue)", https_port)
+    kwargs = dict(http_port=http_port, addresses=addresses, load_document=load_document,
+                  current_revision=current_revision, redis_url=redis_url,
+                  poll_interval=poll_interval, drain_timeout=drain_timeout)
+    if workers <= 1:
+        run_worker(reuse_port=False, **kwargs)
+        return 0
+    for address in addresses:           # fail fast, before forking, if the port is taken
+        listening_socket(address, http_port).close()
+    if before_fork is not None:
+        before_fork()
+    return supervise(workers, lambda: run_worker(reuse_port=True, **kwargs))
+
+
+def supervise(workers, target):
+    """Fork `workers` children running `target()`; restart dead ones; forward stop signals."""
+    children = {}
+    stopping = False
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 0
+            try:
+                target()
+            except BaseException:
+                log.exception("engine worker crashed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(workers):
+        spawn()
+    log.info("engine supervisor %s running %s workers", os.getpid(), workers)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        log.warning("engine worker %s exited (status %s); restarting", pid, status)
+        if time.monotonic() - started < 1.0:
+            time.sleep(1.0)
+        if not stopping:
+            spawn()
+    return 0

@@ -1,0 +1,401 @@
+"""The snapshot: the plain document (docs/snapshot.md) parsed strictly into frozen objects.
+
+`parse_snapshot(document)` either returns a `Snapshot` or raises one `SnapshotError` that
+lists every problem with its path (`proxy_hosts[2].upstreams[0].port: 70000 out of range`).
+A document with any error is refused whole; the caller keeps serving the last good one.
+
+Strictness: every key the engine reads is type- and value-checked. Keys the engine does not
+know yet are ignored, so the manager can add keys before the engine uses them. Keys for
+features that are optional in the document (streams, certificates, cache, ...) default to
+"off" when absent. Error messages never quote the value of a secret field (PEMs, hashes).
+
+Nothing here touches the network, the clock or Django. Objects are immutable, so a request
+can hold on to the snapshot it started with while a newer one is swapped in.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_ACTIONS = ("404", "444", "redirect", "html", "welcome")
+POLICIES = ("round_robin", "least_conn", "ip_hash", "random", "first")
+REDIRECT_CODES = (301, 302, 307, 308)
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_SECRET_KEYS = frozenset({"certificate_pem", "key_pem", "chain_pem", "password_hash"})
+
+
+class SnapshotError(ValueError):
+    """A document that cannot be served. `errors` lists every problem as "path: message"."""
+
+    def __init__(self, errors):
+        self.errors = tuple(errors)
+        super().__init__("invalid snapshot: " + "; ".join(self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    scheme: str
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def address(self):
+        """The key of state that outlives snapshots (connection pools)."""
+        return (self.scheme, self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    response: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    set: tuple = ()          # ((name, value), ...)
+    remove: tuple = ()       # (lower-case name, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    path: str
+    upstreams: tuple         # () = the host's upstreams
+    cache: object = None
+    headers: object = None
+    compression: object = None
+    rate_limit: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyHost:
+    id: int
+    domains: tuple
+    upstreams: tuple
+    policy: str = "round_robin"
+    health_check: object = None
+    websockets: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_body_size: int | None = None
+    ssl: object = None
+    access_list: str | None = None
+    compression: tuple = ()
+    cache: object = None
+    rate_limit: object = None
+    request_headers: HeaderRules = field(default_factory=HeaderRules)
+    response_headers: HeaderRules = field(default_factory=HeaderRules)
+    block_exploits: bool = False
+    locations: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectionHost:
+    id: int
+    domains: tuple
+    to: str
+    code: int
+    preserve_path: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadHost:
+    id: int
+    domains: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultSite:
+    action: str = "404"
+    to: str | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    default_site: DefaultSite = field(default_factory=DefaultSite)
+    trusted_proxies: tuple = ()   # ipaddress networks
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    revision: int
+    settings: Settings
+    proxy_hosts: tuple = ()
+    redirection_hosts: tuple = ()
+    dead_hosts: tuple = ()
+    streams: tuple = ()
+    access_lists: tuple = ()
+    certificates: tuple = ()
+
+
+class _Reader:
+    """Collects errors while walking the document; each getter returns a safe fallback."""
+
+    def __init__(self):
+        self.errors = []
+
+    def error(self, path, message):
+        self.errors.append(f"{path}: {message}")
+
+    def mapping(self, value, path):
+        if not isinstance(value, dict):
+            self.error(path, "must be a mapping")
+            return {}
+        return value
+
+    def get(self, obj, key, path, kind, default=..., *, allow_none=False):
+        where = f"{path}.{key}" if path else key
+        if key not in obj:
+            if default is ...:
+                self.error(where, "is required")
+                return None
+            return default
+        value = obj[key]
+        if value is None and allow_none:
+            return None
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            shown = "a secret value" if key in _SECRET_KEYS else repr(value)[:60]
+            self.error(where, f"must be {_kind_name(kind)}, got {shown}")
+            return None if default is ... else default
+        return value
+
+    def items(self, obj, key, path, default=()):
+        value = self.get(obj, key, path, list, list(default))
+        return value or []
+
+
+def _kind_name(kind):
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a mapping"}.get(kind, kind.__name__)
+
+
+def _domain(r, value, path):
+    if not isinstance(value, str):
+        r.error(path, "must be a string")
+        return None
+    name = value[2:] if value.startswith("*.") else value
+    labels = name.split(".")
+    if value != value.lower() or not all(_LABEL.match(label) for label in labels) or len(value) > 253:
+        r.error(path, f"{value[:80]!r} is not a lower-case domain name (wildcard only as '*.' prefix)")
+        return None
+    if value.startswith("*.") and len(labels) < 2:
+        r.error(path, f"{value!r}: a wildcard needs at least two labels after '*.'")
+        return None
+    return value
+
+
+def _domains(r, obj, path, seen, owner):
+    out = []
+    for i, raw in enumerate(r.items(obj, "domains", path)):
+        name = _domain(r, raw, f"{path}.domains[{i}]")
+        if name is None:
+            continue
+        if name in seen:
+            r.error(f"{path}.domains[{i}]", f"{name} is already claimed by {seen[name]}")
+            continue
+        seen[name] = owner
+        out.append(name)
+    if not out and not any(e.startswith(f"{path}.domains") for e in r.errors):
+        r.error(f"{path}.domains", "needs at least one domain")
+    return tuple(out)
+
+
+def _upstreams(r, obj, path, required):
+    out = []
+    items = r.items(obj, "upstreams", path)
+    for i, raw in enumerate(items):
+        p = f"{path}.upstreams[{i}]"
+        u = r.mapping(raw, p)
+        scheme = r.get(u, "scheme", p, str, "http")
+        if scheme not in ("http", "https"):
+            r.error(f"{p}.scheme", f"must be http or https, got {scheme!r}")
+        host = r.get(u, "host", p, str)
+        if host is not None and (not host or any(c in host for c in " /\r\n\t")):
+            r.error(f"{p}.host", f"{host[:80]!r} is not a host name or address")
+        port = r.get(u, "port", p, int)
+        if port is not None and not 1 <= port <= 65535:
+            r.error(f"{p}.port", f"{port} out of range 1-65535")
+        weight = r.get(u, "weight", p, int, 1)
+        if weight is not None and not 1 <= weight <= 1000:
+            r.error(f"{p}.weight", f"{weight} out of range 1-1000")
+        if host and port:
+            out.append(Upstream(scheme or "http", host.strip("[]").lower(), port, weight or 1))
+    if required and not items:
+        r.error(f"{path}.upstreams", "needs at least one upstream")
+    return tuple(out)
+
+
+def _header_rules(r, obj, path):
+    if obj is None:
+        return HeaderRules()
+    obj = r.mapping(obj, path)
+    pairs = []
+    for name, value in r.get(obj, "set", path, dict, {}).items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            r.error(f"{path}.set", f"{str(name)[:60]!r} is not a valid header name")
+        elif not isinstance(value, str) or any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+            r.error(f"{path}.set.{name}", "value must be a string without control characters")
+        else:
+            pairs.append((name, value))
+    removed = []
+    for i, name in enumerate(r.get(obj, "remove", path, list, [])):
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            r.error(f"{path}.remove[{i}]", f"{str(name)[:60]!r} is not a valid header name")
+        else:
+            removed.append(name.lower())
+    return HeaderRules(tuple(pairs), tuple(removed))
+
+
+def _positive(r, value, path):
+    if value is not None and not value > 0:
+        r.error(path, f"must be greater than 0, got {value}")
+    return value
+
+
+def _proxy_host(r, raw, path, seen):
+    h = r.mapping(raw, path)
+    host_id = r.get(h, "id", path, int)
+    domains = _domains(r, h, path, seen, f"proxy host {host_id}")
+    upstreams = _upstreams(r, h, path, required=True)
+    lb = r.mapping(r.get(h, "load_balancing", path, dict, {}), f"{path}.load_balancing")
+    policy = r.get(lb, "policy", f"{path}.load_balancing", str, "round_robin")
+    if policy not in POLICIES:
+        r.error(f"{path}.load_balancing.policy", f"must be one of {', '.join(POLICIES)}, got {policy!r}")
+    health = r.get(lb, "health_check", f"{path}.load_balancing", dict, None, allow_none=True)
+    if health is not None:
+        hp = f"{path}.load_balancing.health_check"
+        hpath = r.get(health, "path", hp, str)
+        if hpath is not None and not hpath.startswith("/"):
+            r.error(f"{hp}.path", "must start with /")
+        _positive(r, r.get(health, "interval", hp, float), f"{hp}.interval")
+    tp = f"{path}.timeouts"
+    t = r.mapping(r.get(h, "timeouts", path, dict, {}), tp)
+    timeouts = Timeouts(
+        _positive(r, r.get(t, "connect", tp, float, 5.0), f"{tp}.connect") or 5.0,
+        _positive(r, r.get(t, "response", tp, float, 60.0), f"{tp}.response") or 60.0,
+    )
+    max_body = r.get(h, "max_body_size", path, int, None, allow_none=True)
+    if max_body is not None and max_body < 0:
+        r.error(f"{path}.max_body_size", f"must be 0 or more, got {max_body}")
+    compression = r.get(h, "compression", path, list, [])
+    for i, name in enumerate(compression):
+        if name not in ("gzip", "br", "zstd"):
+            r.error(f"{path}.compression[{i}]", f"unknown encoding {str(name)[:20]!r}")
+    headers = r.mapping(r.get(h, "headers", path, dict, {}), f"{path}.headers")
+    locations = []
+    seen_paths = set()
+    for i, raw_loc in enumerate(r.items(h, "locations", path)):
+        lp = f"{path}.locations[{i}]"
+        loc = r.mapping(raw_loc, lp)
+        loc_path = r.get(loc, "path", lp, str)
+        if loc_path is not None:
+            if not loc_path.startswith("/") or any(ord(c) <= 32 or ord(c) == 127 for c in loc_path):
+                r.error(f"{lp}.path", f"{loc_path[:80]!r} must start with / and contain no spaces")
+            elif loc_path in seen_paths:
+                r.error(f"{lp}.path", f"{loc_path} appears twice")
+            seen_paths.add(loc_path)
+        locations.append(Location(
+            path=loc_path or "/",
+            upstreams=_upstreams(r, loc, lp, required=False),
+            cache=r.get(loc, "cache", lp, dict, None, allow_none=True),
+            headers=_header_rules(r, r.get(loc, "headers", lp, dict, None, allow_none=True), f"{lp}.headers")
+            if loc.get("headers") is not None else None,
+            compression=r.get(loc, "compression", lp, list, None, allow_none=True),
+            rate_limit=r.get(loc, "rate_limit", lp, dict, None, allow_none=True),
+        ))
+    return ProxyHost(
+        id=host_id or 0,
+        domains=domains,
+        upstreams=upstreams,
+        policy=policy or "round_robin",
+        health_check=health,
+        websockets=bool(r.get(h, "websockets", path, bool, False)),
+        timeouts=timeouts,
+        max_body_size=max_body,
+        ssl=r.get(h, "ssl", path, dict, None, allow_none=True),
+        access_list=r.get(h, "access_list", path, str, None, allow_none=True),
+        compression=tuple(compression or ()),
+        cache=r.get(h, "cache", path, dict, None, allow_none=True),
+        rate_limit=r.get(h, "rate_limit", path, dict, None, allow_none=True),
+        request_headers=_header_rules(r, headers.get("request"), f"{path}.headers.request"),
+        response_headers=_header_rules(r, headers.get("response"), f"{path}.headers.response"),
+        block_exploits=bool(r.get(h, "block_exploits", path, bool, False)),
+        locations=tuple(locations),
+    )
+
+
+def _http_url(r, value, path):
+    if value is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", value):
+        r.error(path, f"{value[:80]!r} is not an http(s) URL")
+    return value
+
+
+def _settings(r, raw):
+    s = r.mapping(raw, "settings")
+    d = r.mapping(r.get(s, "default_site", "settings", dict, {"action": "404"}), "settings.default_site")
+    action = r.get(d, "action", "settings.default_site", str, "404")
+    to = body = None
+    if action not in DEFAULT_ACTIONS:
+        r.error("settings.default_site.action", f"must be one of {', '.join(DEFAULT_ACTIONS)}, got {action!r}")
+    elif action == "redirect":
+        to = _http_url(r, r.get(d, "to", "settings.default_site", str), "settings.default_site.to")
+    elif action == "html":
+        body = r.get(d, "body", "settings.default_site", str)
+    networks = []
+    for i, cidr in enumerate(r.get(s, "trusted_proxies", "settings", list, [])):
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except (TypeError, ValueError):
+            r.error(f"settings.trusted_proxies[{i}]", f"{str(cidr)[:60]!r} is not a CIDR")
+    return Settings(DefaultSite(action or "404", to, body), tuple(networks))
+
+
+def parse_snapshot(document):
+    """Return a `Snapshot` for `document`, or raise `SnapshotError` naming every problem."""
+    r = _Reader()
+    doc = r.mapping(document, "document")
+    revision = r.get(doc, "revision", "", int)
+    if revision is not None and revision < 0:
+        r.error("revision", "must be 0 or more")
+    settings = _settings(r, r.get(doc, "settings", "", dict, {}))
+    seen = {}
+    proxy_hosts = tuple(
+        _proxy_host(r, raw, f"proxy_hosts[{i}]", seen) for i, raw in enumerate(r.items(doc, "proxy_hosts", ""))
+    )
+    redirections = []
+    for i, raw in enumerate(r.items(doc, "redirection_hosts", "")):
+        p = f"redirection_hosts[{i}]"
+        h = r.mapping(raw, p)
+        host_id = r.get(h, "id", p, int)
+        domains = _domains(r, h, p, seen, f"redirection host {host_id}")
+        to = _http_url(r, r.get(h, "to", p, str), f"{p}.to")
+        code = r.get(h, "code", p, int, 301)
+        if code not in REDIRECT_CODES:
+            r.error(f"{p}.code", f"must be one of 301, 302, 307, 308, got {code!r}")
+        preserve = r.get(h, "preserve_path", p, bool, True)
+        redirections.append(RedirectionHost(host_id or 0, domains, to or "", code or 301, bool(preserve)))
+    dead = []
+    for i, raw in enumerate(r.items(doc, "dead_hosts", "")):
+        p = f"dead_hosts[{i}]"
+        h = r.mapping(raw, p)
+        host_id = r.get(h, "id", p, int)
+        dead.append(DeadHost(host_id or 0, _domains(r, h, p, seen, f"dead host {host_id}")))
+    for key in ("streams", "access_lists", "certificates"):
+        for i, raw in enumerate(r.items(doc, key, "")):
+            r.mapping(raw, f"{key}[{i}]")
+    if r.errors:
+        raise SnapshotError(r.errors)
+    return Snapshot(
+        revision=revision,
+        settings=settings,
+        proxy_hosts=proxy_hosts,
+        redirection_hosts=tuple(redirections),
+        dead_hosts=tuple(dead),
+        streams=tuple(doc.get("streams") or ()),
+        access_lists=tuple(doc.get("access_lists") or ()),
+        certificates=tuple(doc.get("certificates") or ()),
+    )

@@ -1,0 +1,336 @@
+"""Upstream connections and the keep-alive pool, keyed by address so they outlive snapshots.
+
+`UpstreamConnection` is the client side of one TCP connection to an upstream. States:
+
+- CONNECTING: TCP connect in progress (the connector's own timeout is the connect timeout);
+- BUSY: owned by one exchange (a `ProxyProtocol` request): the request head and body go
+  out, the response is parsed with httptools and handed to the exchange through
+  `upstream_head` / `upstream_body` / `upstream_done` / `upstream_failed`;
+- IDLE: parked in the pool, owned by nobody; a close from the upstream just removes it;
+- TUNNEL: after a 101 answer, bytes are relayed raw to the exchange until one side closes;
+- CLOSED: gone; never reused.
+
+The response timeout runs from the moment the request is sent and measures silence: every
+read from the upstream moves it on. It is one `callLater` per exchange that re-arms itself
+for the remaining time instead of being reset on every read.
+
+`UpstreamPool` keeps idle connections per `(scheme, host, port)`, bounded by `idle_limit`;
+connections idle longer than `idle_timeout` are closed by a lazy sweep. `retain()` drains
+the idle connections of addresses no longer in the served snapshot.
+"""
+import httptools
+from twisted.internet.protocol import ClientFactory, Protocol
+
+from proxy_engine.errors import BadResponse, ResponseTimeout, UpstreamReset, failure_for_connect_error
+
+CONNECTING, BUSY, IDLE, TUNNEL, CLOSED = "connecting", "busy", "idle", "tunnel", "closed"
+
+
+class UpstreamConnection(Protocol):
+    __slots__ = (
+        "pool", "address", "state", "exchange", "reused", "idle_since", "parser", "headers",
+        "reason", "status", "content_length", "chunked", "no_body", "got_bytes", "head_done",
+        "last_read", "timeout", "timer", "reset_parser", "upgrade_ok", "connect_factory",
+    )
+
+    def __init__(self, pool, address):
+        self.pool = pool
+        self.address = address
+        self.state = CONNECTING
+        self.exchange = None
+        self.reused = False
+        self.idle_since = 0.0
+        self.parser = httptools.HttpResponseParser(self)
+        self.timer = None
+        self.reset_parser = False
+        self.connect_factory = None
+        self._clear()
+
+    def _clear(self):
+        self.headers = []
+        self.reason = b""
+        self.status = 0
+        self.content_length = None
+        self.chunked = False
+        self.got_bytes = False
+        self.head_done = False
+        self.no_body = False
+        self.upgrade_ok = False
+
+    # -- driven by the exchange -------------------------------------------------------
+
+    def send(self, exchange, data, timeout, no_body, upgrade_ok):
+        """Start an exchange: write the request head (plus any buffered body pieces)."""
+        self.state = BUSY
+        self.exchange = exchange
+        self.no_body = no_body
+        self.upgrade_ok = upgrade_ok
+        self.timeout = timeout
+        self.last_read = self.pool.reactor.seconds()
+        self.timer = self.pool.reactor.callLater(timeout, self._check_timeout)
+        self.transport.writeSequence(data)
+
+    def abort(self):
+        """The exchange gave up (client gone, body too large): never reuse this connection."""
+        self.exchange = None
+        self._stop_timer()
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.transport.abortConnection()
+
+    # -- Twisted ------------------------------------------------------------------------
+
+    def connectionMade(self):
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            nodelay(True)
+        factory = self.connect_factory
+        if factory is not None:
+            self.connect_factory = None
+            factory.made(self)
+
+    def dataReceived(self, data):
+        self.last_read = self.pool.reactor.seconds()
+        state = self.state
+        if state is TUNNEL:
+            self.exchange.transport.write(data)
+            return
+        if state is not BUSY:
+            # Bytes from an idle upstream: it is out of step; drop it.
+            self.state = CLOSED
+            self.pool.forget(self)
+            self.transport.abortConnection()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.status == 101 and self.upgrade_ok and self.exchange is not None:
+                self._stop_timer()
+                self.state = TUNNEL
+                self.exchange.upstream_tunnel(data[upgrade.args[0]:])
+            else:
+                self._fail(BadResponse())
+            return
+        except httptools.HttpParserError:
+            self._fail(BadResponse())
+            return
+        if self.reset_parser:
+            self.reset_parser = False
+            self.parser = httptools.HttpResponseParser(self)
+
+    def connectionLost(self, reason=None):
+        state = self.state
+        self.state = CLOSED
+        self._stop_timer()
+        if state is IDLE:
+            self.pool.forget(self)
+            return
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is None:
+            return
+        if state is TUNNEL:
+            exchange.upstream_closed()
+        elif self.head_done and self.content_length is None and not self.chunked and not self.no_body:
+            exchange.upstream_done(self, False)        # response delimited by close
+        else:
+            exchange.upstream_failed(self, UpstreamReset())
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_status(self, reason):
+        self.reason += reason
+
+    def on_header(self, name, value):
+        lname = name.lower()
+        self.headers.append((lname, name, value))
+        if lname == b"content-length":
+            self.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            self.chunked = True
+
+    def on_headers_complete(self):
+        status = self.parser.get_status_code()
+        self.status = status
+        if 100 <= status < 200 and status != 101:
+            return                                      # interim answer: wait for the real one
+        self.head_done = True
+        if status in (204, 304):
+            self.no_body = True
+        if self.exchange is not None:
+            self.exchange.upstream_head(self)
+        if self.no_body and status not in (204, 304) and self.state is BUSY:
+            # A HEAD answer: llhttp cannot be told there is no body, so end it here and
+            # parse the next answer with a fresh parser.
+            self.reset_parser = True
+            self._done(self.parser.should_keep_alive())
+
+    def on_body(self, body):
+        if self.exchange is not None and not self.reset_parser:
+            self.exchange.upstream_body(body)
+
+    def on_message_complete(self):
+        status = self.status
+        if (100 <= status < 200 and status != 101) or not self.head_done:
+            self._clear()
+            return
+        if status == 101 or self.reset_parser:
+            return
+        self._done(self.parser.should_keep_alive())
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _done(self, reusable):
+        self._stop_timer()
+        exchange = self.exchange
+        self.exchange = None
+        self._clear()
+        if exchange is not None:
+            exchange.upstream_done(self, reusable)
+
+    def _fail(self, failure):
+        exchange = self.exchange
+        self.abort()
+        self.pool.forget(self)
+        if exchange is not None:
+            exchange.upstream_failed(self, failure)
+
+    def _stop_timer(self):
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _check_timeout(self):
+        self.timer = None
+        if self.state is not BUSY:
+            return
+        silent = self.pool.reactor.seconds() - self.last_read
+        if silent >= self.timeout:
+            self._fail(ResponseTimeout())
+        else:
+            self.timer = self.pool.reactor.callLater(self.timeout - silent, self._check_timeout)
+
+
+class _Connect(ClientFactory):
+    """One connection attempt on behalf of one exchange (None once the exchange left)."""
+
+    def __init__(self, pool, address, exchange):
+        self.pool = pool
+        self.address = address
+        self.exchange = exchange
+        self.connector = None
+
+    def cancel(self):
+        """The exchange no longer wants this connection (a late one goes to the pool)."""
+        self.exchange = None
+        connector = self.connector
+        if connector is not None and getattr(connector, "state", None) == "connecting":
+            connector.stopConnecting()
+
+    def buildProtocol(self, addr):
+        conn = UpstreamConnection(self.pool, self.address)
+        conn.connect_factory = self
+        return conn
+
+    def made(self, conn):
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is None:
+            self.pool.release(conn)
+        else:
+            conn.state = BUSY
+            exchange.upstream_ready(conn)
+
+    def clientConnectionFailed(self, connector, reason):
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.upstream_connect_failed(failure_for_connect_error(reason))
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream address; state that outlives snapshots."""
+
+    def __init__(self, reactor, idle_limit=64, idle_timeout=60.0):
+        self.reactor = reactor
+        self.idle_limit = idle_limit
+        self.idle_timeout = idle_timeout
+        self.idle = {}
+        self._sweep_call = None
+
+    def acquire(self, upstream, connect_timeout, exchange):
+        """Give `exchange` a connection: at once from the pool (returns None), or by
+        connecting (returns the attempt, whose `cancel()` the exchange may call)."""
+        address = upstream.address
+        idle = self.idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if conn.state is IDLE:
+                conn.state = BUSY
+                conn.reused = True
+                exchange.upstream_ready(conn)
+                return None
+        return self.connect(upstream, connect_timeout, exchange)
+
+    def connect(self, upstream, connect_timeout, exchange):
+        attempt = _Connect(self, upstream.address, exchange)
+        attempt.connector = self.reactor.connectTCP(upstream.host, upstream.port, attempt, timeout=connect_timeout)
+        return attempt
+
+    def release(self, conn):
+        """Park a connection whose last exchange ended cleanly."""
+        if conn.state is CLOSED:
+            return
+        conn.exchange = None
+        idle = self.idle.setdefault(conn.address, [])
+        if len(idle) >= self.idle_limit:
+            conn.state = CLOSED
+            conn.transport.loseConnection()
+            return
+        conn.state = IDLE
+        conn.idle_since = self.reactor.seconds()
+        idle.append(conn)
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(self.idle_timeout / 2, self._sweep)
+
+    def forget(self, conn):
+        idle = self.idle.get(conn.address)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def retain(self, addresses):
+        """Close idle connections to addresses that are no longer served."""
+        for address in list(self.idle):
+            if address not in addresses:
+                for conn in self.idle.pop(address):
+                    conn.state = CLOSED
+                    conn.transport.loseConnection()
+
+    def close_all(self):
+        self.retain(())
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+
+    def _sweep(self):
+        self._sweep_call = None
+        cutoff = self.reactor.seconds() - self.idle_timeout
+        remaining = 0
+        for address, idle in list(self.idle.items()):
+            keep = []
+            for conn in idle:
+                if conn.idle_since <= cutoff:
+                    conn.state = CLOSED
+                    conn.transport.loseConnection()
+                else:
+                    keep.append(conn)
+            if keep:
+                self.idle[address] = keep
+                remaining += len(keep)
+            else:
+                del self.idle[address]
+        if remaining:
+            self._sweep_call = self.reactor.callLater(self.idle_timeout / 2, self._sweep)
