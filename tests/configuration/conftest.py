@@ -1,0 +1,104 @@
+"""Shared fixtures: the contract example of issue 2, test certificates, a fast hasher."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import trustme
+import yaml
+
+# The example of issue 2 ("Config as code: the contract"), key for key.
+CONTRACT_EXAMPLE = """\
+version: 1
+settings:
+  default_site: {action: 404}
+  acme: {email: me@example.test, directory: "https://acme-v02.api.letsencrypt.org/directory"}
+  trusted_proxies: [10.0.0.0/8]
+access_lists:
+  - name: family
+    satisfy: any
+    pass_auth: false
+    users: [{username: alice, password: "s3cret"}]
+    rules: [{allow: 192.168.1.0/24}, {deny: all}]
+certificates:
+  - name: home
+    provider: letsencrypt
+    domains: [app.example.test]
+proxy_hosts:
+  - domains: [app.example.test]
+    upstreams: ["http://10.0.1.10:3000", {url: "http://10.0.1.11:3000", weight: 2}]
+    load_balancing: {policy: least_conn, health_check: {path: /health, interval: 10s}}
+    websockets: true
+    timeouts: {connect: 5s, response: 60s}
+    max_body_size: 100m
+    ssl: {certificate: home, force_https: true, http2: true, hsts: true, hsts_subdomains: false}
+    access_list: family
+    compression: [gzip, br, zstd]
+    cache: {enabled: true, default_ttl: 5m}
+    rate_limit: {requests: 100, per: 1m, key: ip, burst: 20}
+    headers:
+      request: {set: {X-Env: home}, remove: [X-Debug]}
+      response: {set: {X-Frame-Options: DENY}, remove: [Server, X-Powered-By]}
+    block_exploits: true
+    locations:
+      - {path: /static/, upstreams: ["http://10.0.1.10:3000"], cache: {enabled: true, default_ttl: 1d}}
+redirection_hosts:
+  - {domains: [old.example.test], to: "https://new.example.test", code: 301, preserve_path: true}
+dead_hosts:
+  - {domains: [gone.example.test]}
+streams:
+  - {listen: 2222, protocol: tcp, upstream: "10.0.0.5:22"}
+"""
+
+
+@pytest.fixture
+def contract():
+    """The contract example as data, a fresh copy per test."""
+    return copy.deepcopy(yaml.safe_load(CONTRACT_EXAMPLE))
+
+
+@pytest.fixture(scope="session")
+def tls():
+    ca = trustme.CA()
+    leaf = ca.issue_cert("secure.example.test", "*.secure.example.test")
+    other = ca.issue_cert("other.example.test")
+    return SimpleNamespace(
+        cert=leaf.cert_chain_pems[0].bytes().decode(),
+        key=leaf.private_key_pem.bytes().decode(),
+        chain=ca.cert_pem.bytes().decode(),
+        other_cert=other.cert_chain_pems[0].bytes().decode(),
+        other_key=other.private_key_pem.bytes().decode(),
+    )
+
+
+@pytest.fixture
+def full_document(contract, tls):
+    """The contract example plus every other form a key can take: a custom certificate
+    with chain, a disabled host, weights, header-keyed rate limits, IPv6, UDP streams."""
+    doc = contract
+    doc["settings"]["default_site"] = {"action": "html", "body": "<h1>Nothing here</h1>\n<p>Move along.</p>\n"}
+    doc["settings"]["trusted_proxies"].append("2001:db8::/32")
+    doc["access_lists"].append({"name": "admins", "satisfy": "all", "pass_auth": True,
+                                "users": [{"username": "root", "password": "hunter2"}],
+                                "rules": [{"allow": "10.0.0.0/8"}, {"allow": "2001:db8::/48"}, {"deny": "all"}]})
+    doc["certificates"].append({"name": "lab", "provider": "custom", "domains": ["secure.example.test"],
+                                "certificate_pem": tls.cert, "key_pem": tls.key, "chain_pem": tls.chain})
+    doc["proxy_hosts"].append({
+        "domains": ["secure.example.test", "*.secure.example.test"],
+        "enabled": False,
+        "upstreams": [{"url": "https://[2001:db8::10]:8443", "weight": 3}],
+        "ssl": {"certificate": "lab", "force_https": True},
+        "access_list": "admins",
+        "rate_limit": {"requests": 5, "per": "1s", "key": "header:X-Api-Key", "burst": 0},
+        "timeouts": {"connect": "500ms", "response": "2h"},
+        "locations": [{"path": "/api/", "compression": [], "rate_limit": {"requests": 1, "per": "10s"},
+                       "headers": {"response": {"set": {"Cache-Control": "no-store"}}}}],
+    })
+    doc["redirection_hosts"].append({"domains": ["www.example.test"], "to": "https://example.test/home", "code": 308,
+                                     "preserve_path": False})
+    doc["streams"].append({"listen": 5353, "protocol": "udp", "upstream": "[2001:db8::53]:53", "enabled": False})
+    return doc
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
