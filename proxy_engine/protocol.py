@@ -128,6 +128,7 @@ class ProxyProtocol(Protocol):
         self.reactor = factory.reactor
         self.pool = factory.pool
         self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_version=True)   # so we can answer 505
         self.state = IDLE
         self.parsing = None
         self.active = None
@@ -214,6 +215,10 @@ class ProxyProtocol(Protocol):
         elif lname == b"content-length":
             request.content_length = int(value)
         elif lname == b"transfer-encoding":
+            # Only one, plain "chunked": anything else is a framing ambiguity.
+            if request.chunked or value.strip().lower() != b"chunked":
+                self.reject = 400
+                raise _Reject(400)
             request.chunked = True
         elif lname == b"expect":
             if value.lower() != b"100-continue":
