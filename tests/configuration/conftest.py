@@ -99,6 +99,11 @@ def full_document(contract, tls):
     return doc
 
 
+@pytest.fixture
+def full_document_text(full_document):
+    return yaml.safe_dump(full_document, sort_keys=False)
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hasher(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
