@@ -13,6 +13,8 @@ TEST_STAMP  := $(VENV)/.requirements-test.stamp
 PYTHON_CANDIDATES ?= python3 python3.13 python3.12 python3.11
 PYTEST_ARGS ?=
 PIP := $(VENV_PY) -m pip --disable-pip-version-check
+CHECK_VENV = $(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+  echo "error: $(VENV) uses Python $$($(VENV_PY) --version 2>&1); 3.11+ is needed: make clean, then retry" >&2; exit 1; }
 
 .PHONY: help run test bench clean venv
 
@@ -39,18 +41,15 @@ $(VENV_PY):
 	  echo "error: '$$py -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; \
 	  exit 1; \
 	fi
-	@$(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
-	  echo "error: $(VENV) uses Python $$($(VENV_PY) --version 2>&1); 3.11+ is needed: make clean, then retry" >&2; exit 1; }
+	@$(CHECK_VENV)
 
 $(RUN_STAMP): requirements.txt | $(VENV_PY)
-	@$(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
-	  echo "error: $(VENV) uses Python $$($(VENV_PY) --version 2>&1); 3.11+ is needed: make clean, then retry" >&2; exit 1; }
+	@$(CHECK_VENV)
 	$(PIP) install -q -r requirements.txt
 	@touch $@
 
 $(TEST_STAMP): requirements.txt requirements-test.txt | $(VENV_PY)
-	@$(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
-	  echo "error: $(VENV) uses Python $$($(VENV_PY) --version 2>&1); 3.11+ is needed: make clean, then retry" >&2; exit 1; }
+	@$(CHECK_VENV)
 	$(PIP) install -q -r requirements-test.txt
 	@touch $@ $(RUN_STAMP)
 

@@ -122,7 +122,9 @@ def test_supervisord_conf_restarts_and_group_stops_every_program(launcher_env, m
         monkeypatch.setenv("GATEHOUSE_LOG_STDOUT", "1")
     plan = launcher.make_plan()
     conf = launcher.write_supervisord_conf(plan)
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600  # it holds the control password
     options = parse_conf(conf)
+    assert options.server_configs[0]["username"] == "gatehouse"
     configs = {group.name: group.process_configs[0] for group in options.process_group_configs}
     assert set(configs) == {"redis", "engine", "dashboard", "worker", "beat"}
     for name, config in configs.items():
