@@ -153,9 +153,9 @@ class ConfigWatcher:
             message = str(exc)
         else:
             # Only the type and message: never the document, which holds secrets.
-            message = f"{type(exc).__name__}: {exc}"
+            message = f"could not load: {type(exc).__name__}: {exc}"
         if message != self.last_error:
-            log.error("configuration refused, keeping revision %s: %s", self.revision, message)
+            log.error("configuration not applied, keeping revision %s: %s", self.revision, message)
         self.last_error = message
         self._maybe_again()
 

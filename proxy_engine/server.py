@@ -89,7 +89,20 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
     reactor.callWhenRunning(watcher.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
     reactor.addSystemEventTrigger("before", "shutdown", _drain, reactor, factory, ports, drain_timeout)
-    reactor.run()
+    stopping = []
+
+    def stop_once():
+        # Ctrl-C reaches a worker twice (the terminal's process group, and the supervisor).
+        if not stopping and reactor.running:
+            stopping.append(True)
+            reactor.stop()
+
+    def on_signal(signum, frame):
+        reactor.callFromThread(stop_once)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reactor.run(installSignalHandlers=False)
 
 
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,

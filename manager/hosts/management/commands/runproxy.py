@@ -1,0 +1,57 @@
+"""`manage.py runproxy`: run the proxy engine on the manager's snapshot.
+
+Thin wiring: the engine (`proxy_engine.server.run`) is Django-free; this command hands it
+`build_snapshot` and `current_revision` wrapped so that Django database connections are only
+opened, used and closed in the engine's worker threads, never on the reactor thread.
+"""
+import os
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections, connections
+
+from proxy_engine.server import run
+
+
+def in_worker_thread(function):
+    """Wrap a blocking ORM call like a request: stale connections closed before and after."""
+    def call():
+        close_old_connections()
+        try:
+            return function()
+        finally:
+            close_old_connections()
+    return call
+
+
+class Command(BaseCommand):
+    help = "Run the Gatehouse proxy engine (HTTP reverse proxy with live reload)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--http-port", type=int, default=settings.HTTP_PORT)
+        parser.add_argument("--https-port", type=int, default=settings.HTTPS_PORT,
+                            help="reserved: TLS is not served yet")
+        parser.add_argument("--bind", default="0.0.0.0",
+                            help="address(es) to listen on, comma-separated; '::' is dual-stack")
+        parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                            help="reactor processes sharing the port with SO_REUSEPORT (default: cores)")
+        parser.add_argument("--poll-interval", type=float, default=2.0,
+                            help="seconds between revision polls (the fallback when Redis is absent)")
+
+    def handle(self, *args, **options):
+        from manager.hosts.snapshot import build_snapshot, current_revision
+
+        connections.close_all()          # nothing inherited by forked workers or the reactor thread
+        return_code = run(
+            http_port=options["http_port"],
+            https_port=options["https_port"],
+            bind=options["bind"],
+            workers=options["workers"],
+            load_document=in_worker_thread(build_snapshot),
+            current_revision=in_worker_thread(current_revision),
+            redis_url=settings.REDIS_URL or None,
+            poll_interval=options["poll_interval"],
+            before_fork=connections.close_all,
+        )
+        if return_code:
+            raise SystemExit(return_code)
