@@ -139,6 +139,14 @@ def choice(options):
     return parse
 
 
+def url(value):
+    """An absolute http(s) URL (validators.web_url) that fits the database column."""
+    value = validators.web_url(value)
+    if len(value) > 2048:
+        raise Invalid("URL longer than 2048 characters")
+    return value
+
+
 def positive_duration(value):
     seconds = validators.duration(value)
     if seconds <= 0:
@@ -161,6 +169,8 @@ def email(value):
         raise Invalid(f"expected an email address, got {describe(value)}")
     try:
         validate_email(value)
+        if len(value) > 254:
+            raise ValidationError("too long")
     except ValidationError:
         raise Invalid(f"invalid email address {value!r}") from None
     return value
@@ -306,7 +316,7 @@ def _settings(r, value, at):
             if action == "redirect":
                 if site.get("to") is None:
                     r.error(_key(where, "to"), "required when action is redirect")
-                result["default_site_to"] = r.field(site, "to", where, validators.web_url, "")
+                result["default_site_to"] = r.field(site, "to", where, url, "")
             elif site.get("to") is not None:
                 r.error(_key(where, "to"), "only allowed when action is redirect")
             if action == "html":
@@ -320,7 +330,7 @@ def _settings(r, value, at):
         acme = r.mapping(m["acme"], where, ("email", "directory"))
         if acme is not None:
             result["acme_email"] = r.field(acme, "email", where, email, "")
-            result["acme_directory"] = r.field(acme, "directory", where, validators.web_url, DEFAULT_ACME_DIRECTORY)
+            result["acme_directory"] = r.field(acme, "directory", where, url, DEFAULT_ACME_DIRECTORY)
     result["trusted_proxies"] = r.scalar_list(m, "trusted_proxies", at, validators.cidr)
     return result
 
@@ -607,7 +617,7 @@ def _redirection_host(r, value, at):
         return None
     return {"at": at, "kind": "redirection_host", "domains": _domains(r, m, at),
             "enabled": r.field(m, "enabled", at, boolean, True),
-            "to": r.field(m, "to", at, validators.web_url),
+            "to": r.field(m, "to", at, url),
             "code": r.field(m, "code", at, choice(REDIRECT_CODES), 301),
             "preserve_path": r.field(m, "preserve_path", at, boolean, True)}
 

@@ -91,7 +91,7 @@ def full_document(contract, tls):
         "rate_limit": {"requests": 5, "per": "1s", "key": "header:X-Api-Key", "burst": 0},
         "timeouts": {"connect": "500ms", "response": "2h"},
         "locations": [{"path": "/api/", "compression": [], "rate_limit": {"requests": 1, "per": "10s"},
-                       "headers": {"response": {"set": {"Cache-Control": "no-store"}}}}],
+                       "headers": {"response": {"set": {"X-Robots-Tag": "noindex", "Cache-Control": "no-store"}}}}],
     })
     doc["redirection_hosts"].append({"domains": ["www.example.test"], "to": "https://example.test/home", "code": 308,
                                      "preserve_path": False})

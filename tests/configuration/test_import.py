@@ -8,6 +8,7 @@ from django.core.management import CommandError, call_command
 
 from manager.access.models import AccessList
 from manager.certificates.models import Certificate
+from manager.configuration import importer
 from manager.configuration.exporter import export_yaml
 from manager.hosts.models import DeadHost, ProxyHost, RedirectionHost, Stream
 from manager.hosts.revision import current_revision
@@ -83,6 +84,8 @@ def test_a_full_document_round_trips_with_secrets(tmp_path, full_document, tls):
     assert second == first
     assert certificate(first, "lab")["key_pem"] == tls.key
     assert "enabled: false" in first
+    location = yaml.safe_load(first)["proxy_hosts"][1]["locations"][0]
+    assert list(location["headers"]["response"]["set"]) == ["Cache-Control", "X-Robots-Tag"]
     assert Certificate.objects.get(name="lab").status == "valid"
 
 
@@ -277,3 +280,20 @@ def test_a_lets_encrypt_certificate_without_pems_keeps_the_ones_it_has(tmp_path,
 
     home = Certificate.objects.get(name="home")
     assert (home.certificate_pem, home.key_pem, home.status) == (tls.cert, tls.key, "valid")
+
+
+def test_a_failure_while_applying_rolls_everything_back(tmp_path, monkeypatch):
+    import_config(tmp_path, CONTRACT_EXAMPLE)
+    before, revision = export_yaml(include_secrets=True), current_revision()
+
+    def broken(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(importer, "_apply_streams", broken)
+    document = yaml.safe_load(CONTRACT_EXAMPLE)
+    document["proxy_hosts"][0]["websockets"] = False
+    with pytest.raises(RuntimeError):
+        import_config(tmp_path, document, "--replace")
+
+    assert export_yaml(include_secrets=True) == before
+    assert current_revision() == revision
