@@ -21,12 +21,15 @@ class Command(BaseCommand):
             text = sys.stdin.read() if file == "-" else _read(file)
         except OSError as exc:
             raise CommandError(f"cannot read {file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CommandError(f"cannot read {file}: not UTF-8 text") from None
         try:
             summary = import_yaml(text, replace=replace, dry_run=check)
         except DocumentInvalid as exc:
             count = len(exc.errors)
             lines = "\n".join(f"  {error}" for error in exc.errors)
-            raise CommandError(f"{file}: {count} error{'s' if count != 1 else ''}, nothing was changed:\n{lines}") from None
+            source = "stdin" if file == "-" else file
+            raise CommandError(f"{source}: {count} error{'s' if count != 1 else ''}, nothing was changed:\n{lines}") from None
         heading = "check passed, would change" if check else ("replaced" if replace else "merged")
         self.stdout.write(f"{heading}:")
         for line in summary.lines():
