@@ -45,6 +45,7 @@ _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HTML = b"text/html; charset=utf-8"
 _PIPELINE_BUFFER = 1 << 20
+_SMALL_BODY = 1 << 16       # responses up to this size are written without pairing producers
 
 
 class _Reject(Exception):
@@ -60,6 +61,7 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
+        "paired",
     )
 
     def __init__(self):
@@ -83,6 +85,7 @@ class Request:
         self.retried = False
         self.max_body = None
         self.waiting = True
+        self.paired = 0          # 1: client paces upstream writes; 2: upstream paces client writes
 
 
 class ProxyFactory(Factory):
@@ -391,8 +394,9 @@ class ProxyProtocol(Protocol):
         if request.complete and request.chunked:
             data.append(_LAST_CHUNK)
         conn.send(self, data, request.route.timeouts.response, request.is_head, upgrade is not None)
-        conn.transport.registerProducer(self.transport, True)
-        self.transport.registerProducer(conn.transport, True)
+        if request.chunked or request.content_length:
+            conn.transport.registerProducer(self.transport, True)
+            request.paired = 1
 
     def upstream_connect_failed(self, failure):
         request = self.active
@@ -426,6 +430,8 @@ class ProxyProtocol(Protocol):
             connection = _KEEP_ALIVE
         else:
             connection = b""
+        if status == 101 or conn.content_length is None or conn.content_length > _SMALL_BODY:
+            self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
         self.transport.write(client_response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers, framing, connection))
@@ -461,6 +467,14 @@ class ProxyProtocol(Protocol):
             request.connector = self.pool.connect(request.upstream, request.route.timeouts.connect, self)
             return
         self._upstream_error(request, failure)
+
+    def _pair(self, request, conn):
+        """Let each side's write buffer pace the other side's reading (streaming bodies)."""
+        if not request.paired & 1:
+            conn.transport.registerProducer(self.transport, True)
+        if not request.paired & 2:
+            self.transport.registerProducer(conn.transport, True)
+        request.paired = 3
 
     def upstream_tunnel(self, rest):
         request = self.active
@@ -537,7 +551,8 @@ class ProxyProtocol(Protocol):
         if request.close_after or self.state is CLOSED:
             self._close(abort=False)
             return
-        self.transport.resumeProducing()
+        if request.paired or self.queued_bytes > _PIPELINE_BUFFER:
+            self.transport.resumeProducing()
         queue = self.queue
         if queue:
             following = queue.pop(0)
@@ -555,13 +570,19 @@ class ProxyProtocol(Protocol):
             connector.cancel()
         if conn is not None:
             request.conn = None
-            if self.state is not CLOSED:
+            paired = request.paired
+            request.paired = 0
+            if paired & 2 and self.state is not CLOSED:
                 self.transport.unregisterProducer()
             if conn.state is not UPSTREAM_CLOSED:
-                conn.transport.unregisterProducer()
-                conn.transport.resumeProducing()
+                if paired & 1:
+                    conn.transport.unregisterProducer()
+                if paired & 2:
+                    conn.transport.resumeProducing()
                 if abort:
                     conn.abort()
+            if paired & 1:
+                request.paired = -1      # the client transport may be paused: resume it
 
     def _close(self, abort):
         if self.state is CLOSED:

@@ -254,14 +254,26 @@ def test_a_request_finishes_on_the_snapshot_it_started_with():
     assert ct2.value().startswith(b"HTTP/1.1 404 ")
 
 
-def test_backpressure_registers_each_transport_as_producer_of_the_other():
+def test_backpressure_registers_each_transport_as_producer_of_the_other_for_streamed_bodies():
+    h = Harness()
+    client, ct = h.client()
+    client.dataReceived(b"POST / HTTP/1.1\r\nHost: app.example.test\r\nContent-Length: 2\r\n\r\n")
+    _, up, ut = h.connect_upstream()
+    assert ut.producer is ct
+    client.dataReceived(b"ab")
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert ct.producer is ut
+    up.dataReceived(b"0\r\n\r\n")
+    assert ct.producer is None and ut.producer is None
+
+
+def test_small_bodiless_exchanges_skip_producer_pairing():
     h = Harness()
     client, ct = h.client()
     client.dataReceived(GET)
     _, up, ut = h.connect_upstream()
-    assert ut.producer is ct and ct.producer is ut
     up.dataReceived(OK)
-    assert ct.producer is None and ut.producer is None
+    assert ct.producer is None and ut.producer is None and ct.value().endswith(b"hi")
 
 
 def test_a_dead_pooled_connection_is_retried_once_for_idempotent_requests():
