@@ -394,7 +394,7 @@ def banner(plan: Plan, first_start: bool) -> str:
             f"gatehouse:     GATEHOUSE_DATA_DIR={data} {sys.executable} {manage} createsuperuser",
             "gatehouse: (from the repository root: .venv/bin/python manage.py createsuperuser)",
         ]
-        if Path("/.dockerenv").exists():
+        if _truthy("GATEHOUSE_DOCKER"):  # set by docker/Dockerfile
             out.append(
                 "gatehouse: (in Docker: docker compose -f docker/compose.yaml exec gatehouse "
                 "python manage.py createsuperuser)"
