@@ -85,7 +85,7 @@ class Request:
         self.retried = False
         self.max_body = None
         self.waiting = True
-        self.paired = 0          # 1: client paces upstream writes; 2: upstream paces client writes
+        self.paired = 0          # bits: 1 client paces upstream writes, 2 upstream paces client writes, 4 resume client
 
 
 class ProxyFactory(Factory):
@@ -582,7 +582,7 @@ class ProxyProtocol(Protocol):
                 if abort:
                     conn.abort()
             if paired & 1:
-                request.paired = -1      # the client transport may be paused: resume it
+                request.paired = 4       # the client transport may still be paused: _finish resumes it
 
     def _close(self, abort):
         if self.state is CLOSED:
