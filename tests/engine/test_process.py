@@ -3,78 +3,13 @@ import hashlib
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class Upstream(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    name = "a"
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, body, ctype="application/json"):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path.startswith("/chunked"):
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for i in range(5):
-                piece = (f"piece-{i};" * 100).encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                self.wfile.flush()
-                time.sleep(0.01)
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        body = json.dumps({
-            "server": self.server.name, "path": self.path, "peer_port": self.client_address[1],
-            "headers": {k.lower(): v for k, v in self.headers.items()},
-        }).encode()
-        self._send(200, body)
-
-    def do_POST(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    break
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        else:
-            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._send(200, json.dumps({"length": len(data), "sha": hashlib.sha256(data).hexdigest()}).encode())
-
-
-def start_upstream(name):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    server.daemon_threads = True
-    server.name = name
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import EngineProcess, RedisServer, free_port, start_upstream, stop_upstream
 
 
 def doc_for(revision, port, extra_hosts=()):
@@ -97,48 +32,10 @@ def write_doc(path, doc):
     os.replace(tmp, path)
 
 
-class Engine:
-    def __init__(self, doc_path, *extra):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
-             "--http-port", str(self.port), "--bind", "127.0.0.1", *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    def request(self, method, path, host="app.example.test", body=None, headers=None, conn=None,
-                chunked=False):
-        own = conn is None
-        conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        conn.request(method, path, body=body, headers={"Host": host, **(headers or {})},
-                     encode_chunked=chunked)
-        response = conn.getresponse()
-        data = response.read()
-        if own:
-            conn.close()
-        return response, data
-
-    def wait_for(self, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.request("GET", "/probe")
-                if predicate(*last):
-                    return last
-            except OSError as exc:
-                last = exc
-            time.sleep(0.05)
-        raise AssertionError(f"engine never satisfied the condition; last answer {last!r}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.stdout.read().decode(errors="replace")
+def engine_process(doc_path, *extra):
+    port = free_port()
+    return EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
+                          "--http-port", str(port), "--bind", "127.0.0.1", *extra], port)
 
 
 @pytest.fixture
@@ -146,8 +43,7 @@ def upstreams():
     servers = [start_upstream("a"), start_upstream("b")]
     yield servers
     for server in servers:
-        server.shutdown()
-        server.server_close()
+        stop_upstream(server)
 
 
 @pytest.fixture
@@ -157,7 +53,7 @@ def engine_for(tmp_path):
     def start(doc, *extra):
         path = tmp_path / "snapshot.json"
         write_doc(path, doc)
-        engine = Engine(path, *extra)
+        engine = engine_process(path, *extra)
         engine.doc_path = path
         engines.append(engine)
         engine.wait_for(lambda r, d: r.status != 503)
@@ -216,22 +112,24 @@ def test_it_proxies_keeps_alive_streams_and_reloads(upstreams, engine_for):
     assert "port: 70000 out of range" in log
 
 
-def test_a_redis_message_reloads_without_waiting_for_the_poll(upstreams, engine_for):
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+def test_a_redis_message_reloads_without_waiting_for_the_poll(upstreams, engine_for, tmp_path):
+    import redis
+
+    server = RedisServer(tmp_path).start()
     try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    a, b = upstreams
-    engine = engine_for(doc_for(1, a.server_address[1]), "--poll-interval", "60",
-                        "--redis-url", "redis://127.0.0.1:6379/0")
-    time.sleep(0.5)                       # let the subscriber subscribe
-    write_doc(engine.doc_path, doc_for(2, b.server_address[1]))
-    started = time.monotonic()
-    client.publish("gatehouse:config", b"2")
-    engine.wait_for(lambda r, d: r.status == 200 and json.loads(d)["server"] == "b", timeout=5)
-    assert time.monotonic() - started < 2.0
+        client = redis.Redis.from_url(server.url)
+        a, b = upstreams
+        # The poll is a minute away: only the Redis message can bring the change in time.
+        engine = engine_for(doc_for(1, a.server_address[1]), "--poll-interval", "60", "--redis-url", server.url)
+        deadline = time.monotonic() + 10
+        while client.pubsub_numsub("gatehouse:config")[0][1] < 1:
+            assert time.monotonic() < deadline, "the engine never subscribed to gatehouse:config"
+            time.sleep(0.05)
+        write_doc(engine.doc_path, doc_for(2, b.server_address[1]))
+        client.publish("gatehouse:config", b"2")
+        engine.wait_for(lambda r, d: r.status == 200 and json.loads(d)["server"] == "b", timeout=5)
+    finally:
+        server.stop()
 
 
 def test_workers_share_the_port_and_sigterm_stops_them_all(upstreams, engine_for):
