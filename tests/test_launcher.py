@@ -191,6 +191,21 @@ def processes_with(marker):
     return found
 
 
+def process_group(pgid):
+    """Live (non-zombie) pids whose process group is `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def describe(pids):
     out = []
     for pid in pids:
@@ -390,6 +405,16 @@ def test_killed_children_are_restarted_and_sigterm_stops_everything(launch, brok
             f"{name} restarted", lambda: (p := run.pid_of(name)) and p != old and p, timeout=60
         )
         assert new != old
+        # supervisord puts each program in a process group of its own (pgid = its pid):
+        # whatever the killed program had forked must not outlive it (an OOM kill is
+        # this case), or it keeps serving, and holding ports, outside supervision.
+        deadline = time.monotonic() + 10
+        while (orphans := process_group(old)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not orphans, (
+            f"{name}'s children outlived its SIGKILL (they should die with their parent, "
+            f"e.g. prctl(PR_SET_PDEATHSIG) after fork):\n{describe(orphans)}"
+        )
     run.wait_until("engine answering again", run.engine_answer, timeout=60)
     supervisor_log = run.log_text("supervisord")
     assert re.search(r"exited: beat \(terminated by SIGKILL; not expected\)", supervisor_log)
