@@ -164,6 +164,10 @@ def choose_redis(data_dir: Path):
             "daemonize no\nlogfile \"\"\nmaxmemory 128mb\nmaxmemory-policy noeviction\n"
         )
     url = f"redis://:{password}@127.0.0.1:{port}/0"
+    # Commands run by hand (importconfig, shell) read this to announce their changes too.
+    fd = os.open(redis_dir / "url", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(url + "\n")
     program = Program("redis", [redis_server, str(conf)], stopwaitsecs=10, startsecs=1)
     return "local", url, program
 

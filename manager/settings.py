@@ -1,4 +1,5 @@
 """Gatehouse settings: one flat file, every value read from the environment."""
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -19,7 +20,11 @@ HTTPS_PORT = env_port("GATEHOUSE_HTTPS_PORT", 8443)
 DASHBOARD_PORT = env_port("GATEHOUSE_DASHBOARD_PORT", 8081)
 
 # Empty REDIS_URL means "no Redis": Celery uses the filesystem broker and the engine polls.
+# Unset, it is the private redis-server that `make run` started, if there is one, so that
+# commands run by hand (importconfig, ...) announce their changes too.
 REDIS_URL = env_str("REDIS_URL", "")
+if "REDIS_URL" not in os.environ and "REDIS_URL_FILE" not in os.environ and (DATA_DIR / "redis" / "url").exists():
+    REDIS_URL = (DATA_DIR / "redis" / "url").read_text().strip()
 CONFIG_CHANNEL = "gatehouse:config"
 
 INSTALLED_APPS = [

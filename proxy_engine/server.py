@@ -14,6 +14,7 @@ DRAINING (on shutdown: stop accepting, wait up to `drain_timeout` for in-flight 
 `load_document()` and `current_revision()` are blocking callables; they only ever run in
 the reactor's thread pool (see `proxy_engine.reload`).
 """
+import ctypes
 import logging
 import os
 import signal
@@ -124,14 +125,25 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
     return supervise(workers, lambda: run_worker(reuse_port=True, **kwargs))
 
 
+def _die_with_parent(parent):
+    """A worker must never outlive its supervisor (even one killed with SIGKILL): with
+    SO_REUSEPORT an orphan would keep serving the port unsupervised."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def supervise(workers, target):
     """Fork `workers` children running `target()`; restart dead ones; forward stop signals."""
     children = {}
     stopping = False
 
     def spawn():
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
+            _die_with_parent(parent)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             code = 0

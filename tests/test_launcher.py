@@ -96,6 +96,18 @@ def test_local_redis_is_private_and_its_url_suits_every_client(launcher_env, mon
     assert launcher.make_plan().redis_url.startswith(f"redis://:{password}@127.0.0.1:")
 
 
+def test_commands_run_by_hand_find_the_private_redis(launcher_env, monkeypatch):
+    monkeypatch.setenv("GATEHOUSE_REDIS_SERVER", "/usr/bin/redis-server")
+    plan = launcher.make_plan()
+    url_file = plan.data_dir / "redis" / "url"
+    assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    shown = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", "from django.conf import settings; print(settings.REDIS_URL)"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    assert shown == plan.redis_url
+
+
 def test_ports_are_validated(launcher_env, monkeypatch):
     monkeypatch.setenv("GATEHOUSE_HTTP_PORT", "70000")
     with pytest.raises(launcher.LaunchError, match="GATEHOUSE_HTTP_PORT"):
