@@ -60,10 +60,10 @@ run: $(RUN_STAMP)
 test: $(TEST_STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
+# Needs nginx-light and wrk (apt-get install nginx-light wrk) and redis-server.
 bench: $(TEST_STAMP)
-	@if [ -x bench/run.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bench/run.sh; \
-	elif [ -f bench/run.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run.sh; \
-	else echo "bench/run.sh does not exist yet: nothing to run" >&2; exit 1; fi
+	$(VENV_PY) bench/reload_latency.py
+	$(VENV_PY) bench/engine_wrk.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache staticfiles
