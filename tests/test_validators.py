@@ -181,3 +181,11 @@ def test_garbage_pem_is_refused():
         v.certificate_chain("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     with pytest.raises(v.Invalid, match="not a PEM private key"):
         v.private_key("hello")
+
+
+@pytest.mark.parametrize("name, covered", [
+    ("app.example.test", True), ("x.apps.example.test", True), ("apps.example.test", False),
+    ("a.b.apps.example.test", False), ("*.apps.example.test", True), ("*.example.test", False),
+])
+def test_name_covered_follows_one_label_wildcards(name, covered):
+    assert v.name_covered(name, ["app.example.test", "*.apps.example.test"]) is covered

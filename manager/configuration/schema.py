@@ -412,6 +412,14 @@ def _certificate(r, value, at):
         leaf = _check_pems(r, cert, at)
         if leaf is not None and not m.get("domains"):
             cert["domains"] = sorted(validators.certificate_names(leaf))
+        elif leaf is not None and cert["domains"] and provider == "custom":
+            # (A Let's Encrypt certificate's domains say what to request next; its current
+            # PEM may predate a change of them.)
+            covered = validators.certificate_names(leaf)
+            for domain in cert["domains"]:
+                if not validators.name_covered(domain, covered):
+                    r.error(_key(at, "domains"),
+                            f"{domain} is not covered by the certificate (it covers {', '.join(covered) or 'no names'})")
     if provider == "letsencrypt" and not m.get("domains"):
         r.error(_key(at, "domains"), "a Let's Encrypt certificate needs at least one domain")
     return cert

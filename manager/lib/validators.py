@@ -301,3 +301,12 @@ def certificate_names(leaf):
         return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
     except x509.ExtensionNotFound:
         return [attr.value.lower() for attr in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+
+
+def name_covered(name, certificate_names_):
+    """Whether a certificate for `certificate_names_` is valid for `name` (RFC 6125: a
+    wildcard covers exactly one label; a wildcard name needs the same wildcard)."""
+    if name in certificate_names_:
+        return True
+    first, _, rest = name.partition(".")
+    return first != "*" and bool(rest) and f"*.{rest}" in certificate_names_

@@ -187,6 +187,16 @@ def test_a_custom_certificate_without_domains_takes_the_names_it_covers(contract
     assert doc["certificates"][1]["domains"] == ["*.secure.example.test", "secure.example.test"]
 
 
+def test_a_custom_certificate_must_cover_the_domains_it_claims(contract, tls):
+    contract["certificates"].append({"name": "lab", "provider": "custom", "certificate_pem": tls.cert, "key_pem": tls.key,
+                                     "domains": ["secure.example.test", "a.secure.example.test", "b.a.secure.example.test"]})
+
+    lines = error_lines(contract)
+
+    assert lines == ["certificates[1].domains: b.a.secure.example.test is not covered by the certificate "
+                     "(it covers secure.example.test, *.secure.example.test)"], lines
+
+
 def test_a_yaml_syntax_error_names_its_line():
     with pytest.raises(DocumentInvalid) as caught:
         load_yaml("version: 1\nproxy_hosts:\n  - domains: [a.example.test\n    upstreams: []\n")
