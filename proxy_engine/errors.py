@@ -22,9 +22,14 @@ REASONS = {
 
 
 class UpstreamFailure(Exception):
-    """Why an upstream exchange failed; `status` and `cause` are what the client sees."""
+    """Why an upstream exchange failed; `status` and `cause` are what the client sees,
+    `detail` (the underlying error, may name addresses) is only recorded for the operator."""
     status = 502
     cause = "the upstream service failed"
+
+    def __init__(self, detail=""):
+        super().__init__(detail)
+        self.detail = detail or self.cause
 
 
 class ConnectRefused(UpstreamFailure):
@@ -61,18 +66,26 @@ class UnsupportedScheme(UpstreamFailure):
     cause = "https upstreams are not supported yet"
 
 
+class ClientGone(UpstreamFailure):
+    """Not an answer (nobody is left to read it): what a request is recorded as when its
+    client closed the connection before the answer was complete."""
+    status = 499
+    cause = "the client closed the connection before the answer was complete"
+
+
 def failure_for_connect_error(reason):
     """Map a Twisted connection failure (Failure or exception) to an UpstreamFailure."""
     exc = getattr(reason, "value", reason)
+    detail = str(exc).strip() or type(exc).__name__
     if isinstance(exc, terror.TimeoutError):
-        return ConnectTimeout()
+        return ConnectTimeout(detail)
     if isinstance(exc, terror.ConnectionRefusedError):
-        return ConnectRefused()
+        return ConnectRefused(detail)
     if isinstance(exc, terror.DNSLookupError):
-        return NameNotFound()
+        return NameNotFound(detail)
     if isinstance(exc, (terror.NoRouteError, terror.ConnectError)):
-        return ConnectUnreachable()
-    return UpstreamFailure()
+        return ConnectUnreachable(detail)
+    return UpstreamFailure(detail)
 
 
 CLIENT_ERRORS = {
@@ -85,9 +98,11 @@ CLIENT_ERRORS = {
 }
 
 
-def error_body(status, cause, wants_json):
-    """(content type, body) of an error answer."""
+def error_body(status, cause, wants_json, request_id=b""):
+    """(content type, body) of an error answer; `request_id` (bytes) is what the dashboard
+    looks the error up by."""
+    rid = request_id.decode("ascii")
     if wants_json:
-        return b"application/json", json.dumps({"status": status, "error": cause}).encode()
+        return b"application/json", json.dumps({"status": status, "error": cause, "request_id": rid}).encode()
     title = f"{status} {REASONS.get(status, b'Error').decode()}"
-    return b"text/html; charset=utf-8", page(title, cause)
+    return b"text/html; charset=utf-8", page(title, cause, f"Request id {rid}" if rid else "")

@@ -27,7 +27,8 @@ import logging
 import httptools
 from twisted.internet.protocol import Factory, Protocol
 
-from proxy_engine.errors import CLIENT_ERRORS, REASONS, UnsupportedScheme, error_body
+from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, UnsupportedScheme, error_body
+from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.headers import client_response_head, upstream_request_head
 from proxy_engine.pages import STARTING_PAGE
 from proxy_engine.routing import Router, normalize_host
@@ -61,10 +62,12 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired",
+        "paired", "request_id", "status",
     )
 
-    def __init__(self):
+    def __init__(self, request_id):
+        self.request_id = request_id
+        self.status = None       # what the client got (or 499: it left before the answer)
         self.target = b""
         self.headers = []
         self.host = None
@@ -92,13 +95,16 @@ class ProxyFactory(Factory):
     """Builds one `ProxyProtocol` per connection; holds the served router and the pool.
 
     `swap(snapshot)` builds the new router fully, then replaces one reference; requests
-    in flight keep the router they captured.
+    in flight keep the router they captured. `events` receives every upstream error with
+    its cause (`proxy_engine.events`); request ids are drawn per factory, i.e. per worker.
     """
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
-                 idle_timeout=75.0, max_head_size=16384, max_headers=100):
+                 idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None):
         self.reactor = reactor
         self.pool = pool if pool is not None else UpstreamPool(reactor)
+        self.events = events if events is not None else NullSink()
+        self.request_ids = request_ids if request_ids is not None else RequestIds()
         self.scheme = scheme
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
@@ -181,6 +187,7 @@ class ProxyProtocol(Protocol):
             self._refuse(431)
 
     def connectionLost(self, reason=None):
+        state = self.state
         self.state = CLOSED
         self._stop_timer()
         request = self.active
@@ -189,11 +196,13 @@ class ProxyProtocol(Protocol):
         if request is not None:
             self._detach_upstream(request, abort=True)
             self.factory.active -= 1
+            if not request.responded and state is not TUNNEL:
+                self._record(request, ClientGone())
 
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self):
-        self.parsing = Request()
+        self.parsing = Request(self.factory.request_ids.next())
         self.head_bytes = 0
         if self.state is IDLE:
             self.state = HEAD
@@ -303,6 +312,15 @@ class ProxyProtocol(Protocol):
         if conn is not None and request is self.active and request.chunked:
             conn.transport.write(_LAST_CHUNK)
 
+    def _record(self, request, failure):
+        """Report an upstream failure (full detail, for the operator) to the event sink."""
+        request.status = failure.status
+        upstream = request.upstream
+        self.factory.events.on_upstream_error(
+            request.route.host.id, request.request_id,
+            f"{upstream.host}:{upstream.port}" if upstream is not None else "",
+            failure.status, failure.cause, failure.detail, self.reactor.seconds())
+
     # -- starting a request -------------------------------------------------------------
 
     def _start(self, request):
@@ -408,6 +426,7 @@ class ProxyProtocol(Protocol):
         request = self.active
         status = conn.status
         request.responded = True
+        request.status = status
         if request.is_head or status in (204, 304):
             framing = b"Content-Length: %d\r\n" % conn.content_length if (
                 conn.content_length is not None and status != 204) else b""
@@ -434,7 +453,8 @@ class ProxyProtocol(Protocol):
             self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
         self.transport.write(client_response_head(
-            b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers, framing, connection))
+            b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
+            b"X-Request-Id: %s\r\n%s" % (request.request_id, framing), connection))
 
     def upstream_body(self, data):
         if self.active.chunk_out:
@@ -493,6 +513,7 @@ class ProxyProtocol(Protocol):
     # -- answering and finishing --------------------------------------------------------
 
     def _upstream_error(self, request, failure):
+        self._record(request, failure)
         if request.responded:
             self._close(abort=True)
             return
@@ -507,7 +528,7 @@ class ProxyProtocol(Protocol):
             self.queue = None
             active.close_after = True
             return
-        request = active or self.parsing or Request()
+        request = active or self.parsing or Request(self.factory.request_ids.next())
         if request.responded or self.state is CLOSED:
             self._close(abort=True)
             return
@@ -521,15 +542,16 @@ class ProxyProtocol(Protocol):
     def _respond(self, request, status, body, extra=b"", cause=None, close=False, finish=True):
         """A local answer: a page, a redirect, or an error page when `cause` is given."""
         request.responded = True
+        request.status = status
         if cause is not None:
             wants_json = any(l == b"accept" and b"json" in v for l, _, v in request.headers)
-            content_type, body = error_body(status, cause, wants_json)
+            content_type, body = error_body(status, cause, wants_json, request.request_id)
         else:
             content_type = _HTML
         close = close or not request.keep_alive or not request.complete or request.upgrade is not None
         request.close_after = close
-        parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
-            status, REASONS.get(status, b""), content_type, len(body)), extra]
+        parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n" % (
+            status, REASONS.get(status, b""), content_type, len(body), request.request_id), extra]
         if close:
             parts.append(_CONNECTION_CLOSE)
         elif request.version == b"1.0":

@@ -4,6 +4,7 @@ import copy
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from proxy_engine.events import RequestIds
 from proxy_engine.protocol import ProxyFactory
 from proxy_engine.snapshot import parse_snapshot
 
@@ -37,12 +38,25 @@ def document(**changes):
     return doc
 
 
+class RecordingSink:
+    """An event sink that keeps what the engine reported, as dicts."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_upstream_error(self, host_id, request_id, upstream, status, cause, detail, timestamp):
+        self.events.append(dict(host_id=host_id, request_id=request_id, upstream=upstream, status=status,
+                                cause=cause, detail=detail, timestamp=timestamp))
+
+
 class Harness:
     """A ProxyFactory on a MemoryReactorClock; clients and upstreams on StringTransports."""
 
     def __init__(self, doc=None, peer="192.0.2.7"):
         self.reactor = MemoryReactorClock()
-        self.factory = ProxyFactory(self.reactor, header_timeout=10.0, idle_timeout=20.0)
+        self.events = RecordingSink()
+        self.factory = ProxyFactory(self.reactor, header_timeout=10.0, idle_timeout=20.0, events=self.events,
+                                    request_ids=RequestIds("t"))
         self.factory.swap(parse_snapshot(doc or document()))
         self.peer = peer
 

@@ -19,7 +19,7 @@ def test_it_forwards_a_get_and_relays_the_answer():
     assert sent.startswith(b"GET /path?q=1 HTTP/1.1\r\nHost: app.example.test\r\n")
     assert b"X-Forwarded-For: 192.0.2.7\r\n" in sent and b"X-Real-IP: 192.0.2.7\r\n" in sent
     up.dataReceived(OK)
-    assert ct.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    assert ct.value() == b"HTTP/1.1 200 OK\r\nX-Request-Id: t-1\r\nContent-Length: 2\r\n\r\nhi"
     assert not ct.disconnecting
 
 
@@ -74,7 +74,8 @@ def test_error_page_is_json_when_the_client_prefers_json():
     client.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\nAccept: application/json\r\n\r\n")
     h.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(terror.ConnectionRefusedError()))
     assert b"Content-Type: application/json" in ct.value()
-    assert ct.value().endswith(b'{"status": 502, "error": "connection refused by the upstream service"}')
+    assert ct.value().endswith(
+        b'{"status": 502, "error": "connection refused by the upstream service", "request_id": "t-1"}')
 
 
 def test_chunked_request_and_response_are_streamed_and_reframed():
@@ -98,13 +99,13 @@ def test_close_delimited_response_goes_chunked_to_http11_and_raw_to_http10():
     _, up, _ = h.connect_upstream()
     up.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc")
     up.connectionLost(Failure(terror.ConnectionDone()))
-    assert ct.value() == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    assert ct.value() == b"HTTP/1.1 200 OK\r\nX-Request-Id: t-1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     client10, ct10 = h.client()
     client10.dataReceived(b"GET / HTTP/1.0\r\nHost: app.example.test\r\n\r\n")
     _, up, _ = h.connect_upstream()
     up.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nabc")
     up.connectionLost(Failure(terror.ConnectionDone()))
-    assert ct10.value() == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc"
+    assert ct10.value() == b"HTTP/1.1 200 OK\r\nX-Request-Id: t-2\r\nConnection: close\r\n\r\nabc"
     assert ct10.disconnecting
 
 
@@ -114,7 +115,7 @@ def test_head_response_has_no_body_and_the_connection_is_reused():
     client.dataReceived(b"HEAD / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
     _, up, ut = h.connect_upstream()
     up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n")
-    assert ct.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n"
+    assert ct.value() == b"HTTP/1.1 200 OK\r\nX-Request-Id: t-1\r\nContent-Length: 50\r\n\r\n"
     client.dataReceived(GET)
     assert len(h.reactor.tcpClients) == 1
     up.dataReceived(OK)
