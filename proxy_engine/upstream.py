@@ -110,10 +110,10 @@ class UpstreamConnection(Protocol):
                 self.state = TUNNEL
                 self.exchange.upstream_tunnel(data[upgrade.args[0]:])
             else:
-                self._fail(BadResponse())
+                self._fail(BadResponse(f"unexpected upgrade to {self.status} response"))
             return
-        except httptools.HttpParserError:
-            self._fail(BadResponse())
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"invalid response: {exc}"))
             return
         if self.reset_parser:
             self.reset_parser = False
@@ -135,7 +135,8 @@ class UpstreamConnection(Protocol):
         elif self.head_done and self.content_length is None and not self.chunked and not self.no_body:
             exchange.upstream_done(self, False)        # response delimited by close
         else:
-            exchange.upstream_failed(self, UpstreamReset())
+            exchange.upstream_failed(self, UpstreamReset(
+                "closed after the response head" if self.head_done else "closed before a response"))
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class UpstreamConnection(Protocol):
             return
         silent = self.pool.reactor.seconds() - self.last_read
         if silent >= self.timeout:
-            self._fail(ResponseTimeout())
+            self._fail(ResponseTimeout(f"no bytes from the upstream for {self.timeout:g}s"))
         else:
             self.timer = self.pool.reactor.callLater(self.timeout - silent, self._check_timeout)
 
