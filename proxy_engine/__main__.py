@@ -1,14 +1,16 @@
 """`python -m proxy_engine --document-file PATH`: the engine without Django.
 
 For development and tests: the snapshot document is read from a JSON file, and the revision
-is the document's own `revision` (re-read from the file on every poll). `manage.py runproxy`
-is the production entry point; both call `proxy_engine.server.run`.
+is the document's own `revision` (re-read from the file on every poll); upstream errors are
+logged. `manage.py runproxy` is the production entry point (it records upstream errors in the
+database); both call `proxy_engine.server.run`.
 """
 import argparse
 import json
 import logging
 import sys
 
+from proxy_engine.events import log_upstream_errors
 from proxy_engine.server import run
 
 
@@ -39,7 +41,8 @@ def main(argv=None):
     load_document, current_revision = file_source(args.document_file)
     return run(http_port=args.http_port, https_port=args.https_port, bind=args.bind,
                workers=args.workers, load_document=load_document, current_revision=current_revision,
-               redis_url=args.redis_url or None, poll_interval=args.poll_interval)
+               redis_url=args.redis_url or None, poll_interval=args.poll_interval,
+               record_upstream_errors=log_upstream_errors)
 
 
 if __name__ == "__main__":

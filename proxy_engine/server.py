@@ -12,7 +12,9 @@ DRAINING (on shutdown: stop accepting, wait up to `drain_timeout` for in-flight 
 -> stopped.
 
 `load_document()` and `current_revision()` are blocking callables; they only ever run in
-the reactor's thread pool (see `proxy_engine.reload`).
+the reactor's thread pool (see `proxy_engine.reload`). So does `record_upstream_errors(events,
+dropped)`, the writer of the upstream error sink (`proxy_engine.events`), when given; what
+is still buffered is written after the drain, before the worker exits.
 """
 import ctypes
 import logging
@@ -21,6 +23,7 @@ import signal
 import socket
 import time
 
+from proxy_engine.events import NullSink, UpstreamErrorSink
 from proxy_engine.protocol import ProxyFactory
 from proxy_engine.reload import ConfigWatcher
 
@@ -77,19 +80,22 @@ def _drain(reactor, factory, ports, timeout):
 
 
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
-               poll_interval=2.0, reuse_port=True, drain_timeout=10.0):
+               poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None):
     """Run one reactor serving the engine until it is stopped (signals stop it)."""
     from twisted.internet import reactor
 
     reactor.suggestThreadPoolSize(4)
-    factory = ProxyFactory(reactor)
+    events = UpstreamErrorSink(reactor, record_upstream_errors) if record_upstream_errors else NullSink()
+    factory = ProxyFactory(reactor, events=events)
     watcher = ConfigWatcher(reactor, load_document, current_revision, factory.swap,
                             redis_url=redis_url, poll_interval=poll_interval)
     ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
     log.info("engine worker %s listening on %s port %s", os.getpid(), ", ".join(addresses), http_port)
     reactor.callWhenRunning(watcher.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
-    reactor.addSystemEventTrigger("before", "shutdown", _drain, reactor, factory, ports, drain_timeout)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown",
+        lambda: _drain(reactor, factory, ports, drain_timeout).addCallback(lambda _: events.stop()))
     stopping = []
 
     def stop_once():
@@ -107,14 +113,16 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 
 
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
-        redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None):
+        redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
+        record_upstream_errors=None):
     """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers."""
     addresses = [a.strip() for a in bind.split(",") if a.strip()] or ["0.0.0.0"]
     if https_port:
         log.warning("HTTPS port %s is not served yet (TLS comes with the TLS issue)", https_port)
     kwargs = dict(http_port=http_port, addresses=addresses, load_document=load_document,
                   current_revision=current_revision, redis_url=redis_url,
-                  poll_interval=poll_interval, drain_timeout=drain_timeout)
+                  poll_interval=poll_interval, drain_timeout=drain_timeout,
+                  record_upstream_errors=record_upstream_errors)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0

@@ -1,15 +1,21 @@
 """Hosts the engine serves: proxy hosts (with locations), redirections, 404 hosts, streams,
-plus the global settings and the configuration revision.
+plus the global settings, the configuration revision, and the upstream errors the engine records.
 
 Structured values (upstreams, header rules, cache, rate limit) are stored in their
 canonical form as produced by `manager.lib.validators` / `manager.configuration.schema`;
 scalars are plain fields.
 """
+import datetime
+import logging
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
+from django.utils import timezone
 
 from manager.lib import validators
+
+log = logging.getLogger(__name__)
 
 
 class HostBase(models.Model):
@@ -180,6 +186,55 @@ class ConfigRevision(models.Model):
 
     revision = models.BigIntegerField(default=0)
     changed_at = models.DateTimeField(auto_now=True)
+
+
+class UpstreamError(models.Model):
+    """A request the engine could not get answered by a proxy host's upstream (502, 504, ...)
+    or whose client left before the answer (499), with its full cause. Written by the engine
+    (`record`, in batches from `runproxy`), read by the dashboard, looked up by the request
+    id the error page showed. Only the latest `KEEP_PER_HOST` rows per host are kept."""
+
+    KEEP_PER_HOST = 200
+
+    proxy_host = models.ForeignKey(ProxyHost, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="upstream_errors")
+    request_id = models.CharField(max_length=64, db_index=True)
+    upstream = models.CharField(max_length=300, help_text="host:port the engine tried.")
+    status = models.PositiveSmallIntegerField()
+    cause = models.CharField(max_length=200, help_text="What the error page said.")
+    detail = models.CharField(max_length=1000, blank=True, help_text="The underlying error.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["proxy_host", "-created_at"], name="upstream_error_host_latest")]
+
+    def __str__(self):
+        return f"{self.status} {self.cause} ({self.request_id})"
+
+    @classmethod
+    def record(cls, events, dropped=0):
+        """Store engine events (`proxy_engine.events.UpstreamErrorEvent`) and prune old rows
+        of the hosts they concern, in one transaction. Events of hosts deleted meanwhile are
+        kept without a host."""
+        if dropped:
+            log.warning("the engine dropped %s upstream error event(s): its buffer was full", dropped)
+        if not events:
+            return
+        known = set(ProxyHost.objects.filter(pk__in={e.host_id for e in events}).values_list("pk", flat=True))
+        rows = [cls(proxy_host_id=e.host_id if e.host_id in known else None, request_id=e.request_id[:64],
+                    upstream=e.upstream[:300], status=e.status, cause=e.cause[:200], detail=e.detail[:1000],
+                    created_at=datetime.datetime.fromtimestamp(e.timestamp, tz=datetime.timezone.utc))
+                for e in events]
+        with transaction.atomic():
+            cls.objects.bulk_create(rows)
+            for host_id in {row.proxy_host_id for row in rows}:
+                rows_of_host = cls.objects.filter(proxy_host_id=host_id) if host_id is not None else (
+                    cls.objects.filter(proxy_host__isnull=True))
+                stale = list(rows_of_host.order_by("-created_at", "-id")
+                             .values_list("pk", flat=True)[cls.KEEP_PER_HOST:])
+                if stale:
+                    cls.objects.filter(pk__in=stale).delete()
 
 
 HOST_MODELS = (ProxyHost, RedirectionHost, DeadHost)

@@ -1,8 +1,9 @@
 """`manage.py runproxy`: run the proxy engine on the manager's snapshot.
 
 Thin wiring: the engine (`proxy_engine.server.run`) is Django-free; this command hands it
-`build_snapshot` and `current_revision` wrapped so that Django database connections are only
-opened, used and closed in the engine's worker threads, never on the reactor thread.
+`build_snapshot`, `current_revision` and `UpstreamError.record` (the writer of the engine's
+upstream error records) wrapped so that Django database connections are only opened, used
+and closed in the engine's worker threads, never on the reactor thread.
 """
 import os
 
@@ -15,10 +16,10 @@ from proxy_engine.server import run
 
 def in_worker_thread(function):
     """Wrap a blocking ORM call like a request: stale connections closed before and after."""
-    def call():
+    def call(*args):
         close_old_connections()
         try:
-            return function()
+            return function(*args)
         finally:
             close_old_connections()
     return call
@@ -39,6 +40,7 @@ class Command(BaseCommand):
                             help="seconds between revision polls (the fallback when Redis is absent)")
 
     def handle(self, *args, **options):
+        from manager.hosts.models import UpstreamError
         from manager.hosts.snapshot import build_snapshot, current_revision
 
         connections.close_all()          # nothing inherited by forked workers or the reactor thread
@@ -52,6 +54,7 @@ class Command(BaseCommand):
             redis_url=settings.REDIS_URL or None,
             poll_interval=options["poll_interval"],
             before_fork=connections.close_all,
+            record_upstream_errors=in_worker_thread(UpstreamError.record),
         )
         if return_code:
             raise SystemExit(return_code)
