@@ -17,9 +17,11 @@ it. Pipelined requests are queued in order; the next starts when the current ans
 Backpressure: while an upstream connection is in use, each transport is registered as the
 streaming producer of the other, so a slow reader pauses the fast writer.
 
-The hot path (head complete -> route -> pick -> one joined request head -> writeSequence,
-then body relay) has no Deferreds, logging or regexes; timers are deadline timestamps that
-re-arm one `callLater` only when it has fired.
+The hot path (head complete -> route -> pick -> one joined request head -> one send, then
+body relay) has no Deferreds, logging or regexes; timers are deadline timestamps that
+re-arm one `callLater` only when it has fired. Writes go through `proxy_engine.fastio`
+(straight to the socket when nothing is queued); what one upstream read produces for the
+client is corked and leaves in one send.
 """
 import ipaddress
 import logging
@@ -29,6 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, UnsupportedScheme, error_body
 from proxy_engine.events import NullSink, RequestIds
+from proxy_engine.fastio import send, send_sequence
 from proxy_engine.headers import client_response_head, upstream_request_head
 from proxy_engine.pages import STARTING_PAGE
 from proxy_engine.routing import Router, normalize_host
@@ -129,7 +132,7 @@ class ProxyProtocol(Protocol):
     __slots__ = (
         "factory", "reactor", "pool", "parser", "state", "parsing", "active", "queue",
         "client_ip", "peer", "trusted", "trusted_for", "deadline", "timer", "reject",
-        "head_bytes", "queued_bytes", "tunnel_pending", "discard",
+        "head_bytes", "queued_bytes", "tunnel_pending", "discard", "corked",
     )
 
     def __init__(self, factory):
@@ -150,6 +153,7 @@ class ProxyProtocol(Protocol):
         self.queued_bytes = 0
         self.tunnel_pending = None
         self.discard = False
+        self.corked = None       # while an upstream's read is handled: the client's output, sent once
 
     # -- Twisted ------------------------------------------------------------------------
 
@@ -169,7 +173,7 @@ class ProxyProtocol(Protocol):
     def dataReceived(self, data):
         state = self.state
         if state is TUNNEL:
-            self.active.conn.transport.write(data)
+            send(self.active.conn.transport, data)
             return
         if state is CLOSED or self.discard:
             return
@@ -283,9 +287,9 @@ class ProxyProtocol(Protocol):
         conn = request.conn
         if conn is not None and request is self.active:
             if request.chunked:
-                conn.transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
+                send_sequence(conn.transport, (b"%x\r\n" % len(body), body, b"\r\n"))
             else:
-                conn.transport.write(body)
+                send(conn.transport, body)
         elif not request.responded:
             if request.buffered is None:
                 request.buffered = []
@@ -310,7 +314,7 @@ class ProxyProtocol(Protocol):
             return
         conn = request.conn
         if conn is not None and request is self.active and request.chunked:
-            conn.transport.write(_LAST_CHUNK)
+            send(conn.transport, _LAST_CHUNK)
 
     def _record(self, request, failure):
         """Report an upstream failure (full detail, for the operator) to the event sink."""
@@ -365,7 +369,7 @@ class ProxyProtocol(Protocol):
                 self._upstream_error(request, UnsupportedScheme())
                 return
             if request.expect_continue and not request.complete:
-                self.transport.write(_CONTINUE)
+                self._write(_CONTINUE)
             request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
         elif kind == "redirect":
             location = route.location(path)
@@ -452,22 +456,22 @@ class ProxyProtocol(Protocol):
         if status == 101 or conn.content_length is None or conn.content_length > _SMALL_BODY:
             self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
-        self.transport.write(client_response_head(
+        self._write(client_response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
             b"X-Request-Id: %s\r\n%s" % (request.request_id, framing), connection))
 
     def upstream_body(self, data):
         if self.active.chunk_out:
-            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            self.transport.write(data)
+            self._write(data)
 
     def upstream_done(self, conn, reusable):
         request = self.active
         if request is None:
             return
         if request.chunk_out:
-            self.transport.write(_LAST_CHUNK)
+            self._write(_LAST_CHUNK)
         self._detach_upstream(request, abort=False)
         if reusable and request.complete and conn.state is not UPSTREAM_CLOSED:
             self.pool.release(conn)
@@ -501,11 +505,11 @@ class ProxyProtocol(Protocol):
         self.state = TUNNEL
         self._stop_timer()
         if rest:
-            self.transport.write(rest)
+            self._write(rest)
         pending = self.tunnel_pending
         self.tunnel_pending = None
         if pending:
-            request.conn.transport.write(pending)
+            send(request.conn.transport, pending)
 
     def upstream_closed(self):
         self._close(abort=False)
@@ -559,7 +563,7 @@ class ProxyProtocol(Protocol):
         parts.append(b"\r\n")
         if not getattr(request, "is_head", False):
             parts.append(body)
-        self.transport.writeSequence(parts)
+        self._write_sequence(parts)
         if finish:
             self._finish(request)
         else:
@@ -612,15 +616,46 @@ class ProxyProtocol(Protocol):
         self.state = CLOSED
         self._stop_timer()
         if abort:
+            self.corked = None
             self.transport.abortConnection()
         else:
+            self.uncork()
             self.transport.loseConnection()
+
+    # -- writing to the client ----------------------------------------------------------
+
+    def cork(self):
+        """Until `uncork()`, collect what is written to the client (the upstream
+        connection calls this around each read, so a head and body go out in one send)."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self):
+        corked = self.corked
+        if corked is not None:
+            self.corked = None
+            if corked:
+                send(self.transport, corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def _write(self, data):
+        corked = self.corked
+        if corked is not None:
+            corked.append(data)
+        else:
+            send(self.transport, data)
+
+    def _write_sequence(self, parts):
+        corked = self.corked
+        if corked is not None:
+            corked += parts
+        else:
+            send_sequence(self.transport, parts)
 
     def _upgrade_input(self, rest):
         """The parser stopped at an Upgrade request; `rest` is what follows its head."""
         request = self.active
         if request is not None and request.conn is not None and self.state is TUNNEL:
-            request.conn.transport.write(rest)
+            send(request.conn.transport, rest)
         elif rest:
             self.tunnel_pending = (self.tunnel_pending or b"") + rest
 

@@ -11,8 +11,14 @@
 - CLOSED: gone; never reused.
 
 The response timeout runs from the moment the request is sent and measures silence: every
-read from the upstream moves it on. It is one `callLater` per exchange that re-arms itself
-for the remaining time instead of being reset on every read.
+read from the upstream moves it on. It is one `callLater` per connection that re-arms itself
+for the remaining time instead of being reset on every read, and is not cancelled when an
+exchange ends: the next exchange reuses it (moving it only if its deadline is earlier), and
+on an idle connection it lapses on its own.
+
+While a read from the upstream is handled, the exchange is corked (`cork()`/`uncork()`):
+what it writes to its client (a response head and the body that arrived with it) leaves in
+one send. Writes go through `proxy_engine.fastio`, straight to the socket when nothing waits.
 
 `UpstreamPool` keeps idle connections per `(scheme, host, port)`, bounded by `idle_limit`;
 connections idle longer than `idle_timeout` are closed by a lazy sweep. `retain()` drains
@@ -22,6 +28,7 @@ import httptools
 from twisted.internet.protocol import ClientFactory, Protocol
 
 from proxy_engine.errors import BadResponse, ResponseTimeout, UpstreamReset, failure_for_connect_error
+from proxy_engine.fastio import send, send_sequence
 
 CONNECTING, BUSY, IDLE, TUNNEL, CLOSED = "connecting", "busy", "idle", "tunnel", "closed"
 
@@ -66,9 +73,14 @@ class UpstreamConnection(Protocol):
         self.no_body = no_body
         self.upgrade_ok = upgrade_ok
         self.timeout = timeout
-        self.last_read = self.pool.reactor.seconds()
-        self.timer = self.pool.reactor.callLater(timeout, self._check_timeout)
-        self.transport.writeSequence(data)
+        reactor = self.pool.reactor
+        self.last_read = now = reactor.seconds()
+        timer = self.timer
+        if timer is None:
+            self.timer = reactor.callLater(timeout, self._check_timeout)
+        elif timer.getTime() > now + timeout:
+            timer.reset(timeout)
+        send_sequence(self.transport, data)
 
     def abort(self):
         """The exchange gave up (client gone, body too large): never reuse this connection."""
@@ -93,7 +105,7 @@ class UpstreamConnection(Protocol):
         self.last_read = self.pool.reactor.seconds()
         state = self.state
         if state is TUNNEL:
-            self.exchange.transport.write(data)
+            send(self.exchange.transport, data)
             return
         if state is not BUSY:
             # Bytes from an idle upstream: it is out of step; drop it.
@@ -102,6 +114,14 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
             return
         self.got_bytes = True
+        exchange = self.exchange
+        exchange.cork()
+        try:
+            self._feed(data)
+        finally:
+            exchange.uncork()
+
+    def _feed(self, data):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -183,7 +203,6 @@ class UpstreamConnection(Protocol):
     # -- internals ----------------------------------------------------------------------
 
     def _done(self, reusable):
-        self._stop_timer()
         exchange = self.exchange
         self.exchange = None
         self._clear()
