@@ -132,7 +132,7 @@ class ProxyProtocol(Protocol):
     __slots__ = (
         "factory", "reactor", "pool", "parser", "state", "parsing", "active", "queue",
         "client_ip", "peer", "trusted", "trusted_for", "deadline", "timer", "reject",
-        "head_bytes", "queued_bytes", "tunnel_pending", "discard", "corked",
+        "head_bytes", "queued_bytes", "tunnel_pending", "discard", "corked", "held",
     )
 
     def __init__(self, factory):
@@ -154,6 +154,7 @@ class ProxyProtocol(Protocol):
         self.tunnel_pending = None
         self.discard = False
         self.corked = None       # while an upstream's read is handled: the client's output, sent once
+        self.held = None         # while client input is parsed: [(conn, bytes)] for the upstream
 
     # -- Twisted ------------------------------------------------------------------------
 
@@ -179,14 +180,27 @@ class ProxyProtocol(Protocol):
             return
         if state is not ACTIVE and self.parsing is not None:
             self.head_bytes += len(data)
+        # What this input makes us send upstream is held until all of it has parsed: a
+        # request refused for framing, size or syntax never reaches the upstream (beyond
+        # what earlier reads of it had already sent, when a body streams in over time).
+        self.held = held = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self._send_held(held)
             self._upgrade_input(data[upgrade.args[0]:])
             return
         except httptools.HttpParserError:
+            if self.parsing is not None and self.parsing is not self.active:
+                self._send_held(held)        # those bytes belong to the (valid) active request
+            else:
+                self.held = None
             self._refuse(self.reject or 400)
             return
+        if held:
+            self._send_held(held)
+        else:
+            self.held = None
         if self.parsing is not None and self.head_bytes > self.factory.max_head_size and self._in_head():
             self._refuse(431)
 
@@ -286,10 +300,11 @@ class ProxyProtocol(Protocol):
             raise _Reject(413)
         conn = request.conn
         if conn is not None and request is self.active:
+            held = self.held
             if request.chunked:
-                send_sequence(conn.transport, (b"%x\r\n" % len(body), body, b"\r\n"))
+                held += ((conn, b"%x\r\n" % len(body)), (conn, body), (conn, b"\r\n"))
             else:
-                send(conn.transport, body)
+                held.append((conn, body))
         elif not request.responded:
             if request.buffered is None:
                 request.buffered = []
@@ -314,7 +329,21 @@ class ProxyProtocol(Protocol):
             return
         conn = request.conn
         if conn is not None and request is self.active and request.chunked:
-            send(conn.transport, _LAST_CHUNK)
+            self.held.append((conn, _LAST_CHUNK))
+
+    def _send_held(self, held):
+        """Send what was held while client input was parsed (one write per upstream connection)."""
+        self.held = None
+        conn = None
+        parts = []
+        for target, piece in held:
+            if target is not conn:
+                if parts and conn.state is not UPSTREAM_CLOSED:
+                    send_sequence(conn.transport, parts)
+                conn, parts = target, []
+            parts.append(piece)
+        if parts and conn.state is not UPSTREAM_CLOSED:
+            send_sequence(conn.transport, parts)
 
     def _record(self, request, failure):
         """Report an upstream failure (full detail, for the operator) to the event sink."""
@@ -415,6 +444,10 @@ class ProxyProtocol(Protocol):
                 data += buffered
         if request.complete and request.chunked:
             data.append(_LAST_CHUNK)
+        held = self.held
+        if held is not None:             # called while client input is being parsed
+            held += ((conn, piece) for piece in data)
+            data = ()
         conn.send(self, data, request.route.timeouts.response, request.is_head, upgrade is not None)
         if request.chunked or request.content_length:
             conn.transport.registerProducer(self.transport, True)

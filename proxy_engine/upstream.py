@@ -80,7 +80,8 @@ class UpstreamConnection(Protocol):
             self.timer = reactor.callLater(timeout, self._check_timeout)
         elif timer.getTime() > now + timeout:
             timer.reset(timeout)
-        send_sequence(self.transport, data)
+        if data:
+            send_sequence(self.transport, data)
 
     def abort(self):
         """The exchange gave up (client gone, body too large): never reuse this connection."""
@@ -133,7 +134,7 @@ class UpstreamConnection(Protocol):
                 self._fail(BadResponse(f"unexpected upgrade to {self.status} response"))
             return
         except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"invalid response: {exc}"))
+            self._fail(BadResponse(f"invalid response: {exc.__context__ or exc}"))
             return
         if self.reset_parser:
             self.reset_parser = False
@@ -169,6 +170,9 @@ class UpstreamConnection(Protocol):
         if lname == b"content-length":
             self.content_length = int(value)
         elif lname == b"transfer-encoding":
+            # Only one, plain "chunked" (llhttp lets a repeated or non-final one through).
+            if self.chunked or value.strip().lower() != b"chunked":
+                raise ValueError("Transfer-Encoding other than one final chunked")
             self.chunked = True
 
     def on_headers_complete(self):

@@ -141,6 +141,32 @@ def test_chunked_body_growing_over_max_body_size_is_cut_with_413():
     assert ut.disconnected
 
 
+def test_a_request_refused_within_one_read_sends_nothing_even_on_a_pooled_connection():
+    h = Harness()
+    client, ct = h.client()
+    client.dataReceived(GET)
+    _, up, ut = h.connect_upstream()
+    up.dataReceived(OK)
+    ut.clear()
+    client.dataReceived(b"POST / HTTP/1.1\r\nHost: app.example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3e8\r\n" + b"x" * 1000 + b"\r\n10\r\n" + b"y" * 16 + b"\r\n")
+    assert ct.value().count(b"HTTP/1.1 413 ") == 1
+    assert ut.value() == b"" and ut.disconnected
+
+
+def test_a_valid_request_pipelined_before_a_bad_one_is_still_forwarded():
+    h = Harness()
+    client, ct = h.client()
+    client.dataReceived(GET)
+    _, up, ut = h.connect_upstream()
+    up.dataReceived(OK)
+    ut.clear()
+    client.dataReceived(GET + b"GET / HTTP/1.1\r\nHost: app.example.test\r\nHost: again\r\n\r\n")
+    assert ut.value().startswith(b"GET /path?q=1 HTTP/1.1") and b"again" not in ut.value()
+    up.dataReceived(OK)
+    assert ct.value().count(b"HTTP/1.1 200 OK") == 2 and ct.disconnecting
+
+
 def test_malformed_requests_get_400_and_close():
     for raw in (
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
