@@ -94,7 +94,7 @@ def main():
         json.dump(doc, handle)
     nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp])
     engine = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", f"{tmp}/snapshot.json",
-                               "--http-port", str(engine_port), "--log-level", "WARNING"], cwd=ROOT)
+                               "--http-port", str(engine_port), "--log-level", "ERROR"], cwd=ROOT)
     try:
         for port in (upstream, nginx_proxy, engine_port):
             wait_port(port)

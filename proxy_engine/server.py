@@ -82,7 +82,9 @@ def _drain(reactor, factory, ports, timeout):
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
                poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None):
     """Run one reactor serving the engine until it is stopped (signals stop it)."""
-    from twisted.internet import reactor
+    from proxy_engine.reactor import install
+
+    reactor = install()
 
     reactor.suggestThreadPoolSize(4)
     events = UpstreamErrorSink(reactor, record_upstream_errors) if record_upstream_errors else NullSink()
