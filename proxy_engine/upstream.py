@@ -22,7 +22,8 @@ one send. Writes go through `proxy_engine.fastio`, straight to the socket when n
 
 `UpstreamPool` keeps idle connections per `(scheme, host, port)`, bounded by `idle_limit`;
 connections idle longer than `idle_timeout` are closed by a lazy sweep. `retain()` drains
-the idle connections of addresses no longer in the served snapshot.
+the pools of addresses no longer in the served snapshot: idle connections at once, busy ones
+when their exchange ends.
 """
 import httptools
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -283,6 +284,7 @@ class UpstreamPool:
         self.idle_limit = idle_limit
         self.idle_timeout = idle_timeout
         self.idle = {}
+        self.served = None       # addresses of the served snapshot (None: keep every address)
         self._sweep_call = None
 
     def acquire(self, upstream, connect_timeout, exchange):
@@ -305,12 +307,14 @@ class UpstreamPool:
         return attempt
 
     def release(self, conn):
-        """Park a connection whose last exchange ended cleanly."""
+        """Park a connection whose last exchange ended cleanly (unless its address is no
+        longer served: a request that started on an older snapshot finished with it)."""
         if conn.state is CLOSED:
             return
         conn.exchange = None
-        idle = self.idle.setdefault(conn.address, [])
-        if len(idle) >= self.idle_limit:
+        served = self.served
+        idle = self.idle.setdefault(conn.address, []) if served is None or conn.address in served else None
+        if idle is None or len(idle) >= self.idle_limit:
             conn.state = CLOSED
             conn.transport.loseConnection()
             return
@@ -326,7 +330,9 @@ class UpstreamPool:
             idle.remove(conn)
 
     def retain(self, addresses):
-        """Close idle connections to addresses that are no longer served."""
+        """Close idle connections to addresses that are no longer served; those still busy
+        are closed when their exchange ends."""
+        self.served = frozenset(addresses)
         for address in list(self.idle):
             if address not in addresses:
                 for conn in self.idle.pop(address):
