@@ -24,13 +24,23 @@ _RESPONSE_DROP = HOP_BY_HOP | frozenset((b"content-length",))
 _EMPTY = frozenset()
 
 
+# Connection values seen on nearly every message, and the names they add to the drop list.
+_COMMON_CONNECTION = {
+    b"keep-alive": _EMPTY, b"Keep-Alive": _EMPTY, b"upgrade": _EMPTY, b"Upgrade": _EMPTY,
+    b"close": frozenset((b"close",)), b"Close": frozenset((b"close",)),
+}
+
+
 def connection_tokens(headers):
     """Lower-case names listed in Connection headers (the extra hop-by-hop headers)."""
     tokens = None
     for lname, _, value in headers:
         if lname == b"connection":
-            if tokens is None:
-                tokens = set()
+            common = _COMMON_CONNECTION.get(value)
+            if common is not None and tokens is None:
+                tokens = common
+                continue
+            tokens = set(tokens or ())
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(tokens) if tokens else _EMPTY
 
@@ -73,20 +83,14 @@ def upstream_request_head(method, target, headers, client_ip, proto, host, trust
     """
     drop = connection_tokens(headers)
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    append = parts.append
-    for lname, name, value in headers:
-        if lname in _REQUEST_DROP or lname in drop:
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+    parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
+              if lname not in _REQUEST_DROP and lname not in drop]
     xff, xproto, xhost, real = forwarded_values(headers, client_ip, proto, host, trusted)
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", xproto,
               b"\r\nX-Forwarded-Host: ", xhost, b"\r\nX-Real-IP: ", real, b"\r\n", framing)
     if upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-    append(b"\r\n")
+    parts.append(b"\r\n")
     return b"".join(parts)
 
 
@@ -98,15 +102,7 @@ def client_response_head(status_line, headers, framing, connection=b""):
     """
     drop = connection_tokens(headers)
     parts = [status_line]
-    append = parts.append
-    for lname, name, value in headers:
-        if lname in _RESPONSE_DROP or lname in drop:
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(framing)
-    append(connection)
-    append(b"\r\n")
+    parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
+              if lname not in _RESPONSE_DROP and lname not in drop]
+    parts += (framing, connection, b"\r\n")
     return b"".join(parts)

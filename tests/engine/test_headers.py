@@ -57,3 +57,9 @@ def test_response_head_strips_hop_by_hop_and_reframes():
                                 b"Connection: close\r\n")
     assert head == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
                     b"Connection: close\r\n\r\n")
+
+
+def test_a_common_connection_value_followed_by_a_custom_one_still_drops_the_named_header():
+    headers = triples((b"Connection", b"keep-alive"), (b"Connection", b"X-Secret"))
+    assert connection_tokens(headers) == {b"x-secret"}
+    assert connection_tokens(triples((b"Connection", b"close"))) == {b"close"}
