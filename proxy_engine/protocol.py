@@ -65,7 +65,7 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired", "request_id", "status",
+        "paired", "request_id", "status", "started", "bytes_out", "cause",
     )
 
     def __init__(self, request_id):
@@ -92,6 +92,10 @@ class Request:
         self.max_body = None
         self.waiting = True
         self.paired = 0          # bits: 1 client paces upstream writes, 2 upstream paces client writes, 4 resume client
+        self.upstream = None
+        self.started = None      # reactor time of the first byte (for the access log)
+        self.bytes_out = 0       # response head + body bytes written to the client
+        self.cause = None        # the words of an error answer
 
 
 class ProxyFactory(Factory):
@@ -103,8 +107,10 @@ class ProxyFactory(Factory):
     """
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
-                 idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None):
+                 idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None,
+                 access_log=None):
         self.reactor = reactor
+        self.access_log = access_log     # proxy_engine.accesslog.AccessLog, or None (off)
         self.pool = pool if pool is not None else UpstreamPool(reactor)
         self.events = events if events is not None else NullSink()
         self.request_ids = request_ids if request_ids is not None else RequestIds()
@@ -216,11 +222,15 @@ class ProxyProtocol(Protocol):
             self.factory.active -= 1
             if not request.responded and state is not TUNNEL:
                 self._record(request, ClientGone())
+            # Closed by us (an error cut the answer) or a finished tunnel keep their status;
+            # otherwise the client left before the answer was complete.
+            self._log(request, request.status if state is CLOSED or state is TUNNEL else 499)
 
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self):
-        self.parsing = Request(self.factory.request_ids.next())
+        self.parsing = request = Request(self.factory.request_ids.next())
+        request.started = self.reactor.seconds()
         self.head_bytes = 0
         if self.state is IDLE:
             self.state = HEAD
@@ -489,12 +499,16 @@ class ProxyProtocol(Protocol):
         if status == 101 or conn.content_length is None or conn.content_length > _SMALL_BODY:
             self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
-        self._write(client_response_head(
+        head = client_response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
-            b"X-Request-Id: %s\r\n%s" % (request.request_id, framing), connection))
+            b"X-Request-Id: %s\r\n%s" % (request.request_id, framing), connection)
+        request.bytes_out += len(head)
+        self._write(head)
 
     def upstream_body(self, data):
-        if self.active.chunk_out:
+        request = self.active
+        request.bytes_out += len(data)
+        if request.chunk_out:
             self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
             self._write(data)
@@ -550,6 +564,7 @@ class ProxyProtocol(Protocol):
     # -- answering and finishing --------------------------------------------------------
 
     def _upstream_error(self, request, failure):
+        request.cause = failure.cause
         self._record(request, failure)
         if request.responded:
             self._close(abort=True)
@@ -581,6 +596,7 @@ class ProxyProtocol(Protocol):
         request.responded = True
         request.status = status
         if cause is not None:
+            request.cause = cause
             wants_json = any(l == b"accept" and b"json" in v for l, _, v in request.headers)
             content_type, body = error_body(status, cause, wants_json, request.request_id)
         else:
@@ -596,14 +612,17 @@ class ProxyProtocol(Protocol):
         parts.append(b"\r\n")
         if not getattr(request, "is_head", False):
             parts.append(body)
+        request.bytes_out += sum(map(len, parts))
         self._write_sequence(parts)
         if finish:
             self._finish(request)
         else:
+            self._log(request, status)
             self._close(abort=False)
 
     def _finish(self, request):
         """The answer to `request` is complete: keep the connection, or close it."""
+        self._log(request, request.status)
         if self.active is request:
             self.active = None
             self.factory.active -= 1
@@ -654,6 +673,17 @@ class ProxyProtocol(Protocol):
         else:
             self.uncork()
             self.transport.loseConnection()
+
+    def _log(self, request, status):
+        """One access log entry (see `proxy_engine.accesslog` for the tuple's fields)."""
+        access_log = self.factory.access_log
+        if access_log is not None:
+            now = self.reactor.seconds()
+            started = now if request.started is None else request.started
+            access_log.record((
+                started, request.host, getattr(request, "method", None), request.target, status or 0,
+                request.head_size + request.body_bytes, request.bytes_out, now - started,
+                request.upstream, self.client_ip, request.request_id, request.cause))
 
     # -- writing to the client ----------------------------------------------------------
 
