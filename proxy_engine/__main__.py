@@ -35,6 +35,8 @@ def main(argv=None):
     parser.add_argument("--redis-url", default="")
     parser.add_argument("--poll-interval", type=float, default=2.0)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--access-log", default="off",
+                        help='access log: a file path (JSON lines, rotated at 10 MiB x 5), "-" for stdout, or "off"')
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,7 +44,7 @@ def main(argv=None):
     return run(http_port=args.http_port, https_port=args.https_port, bind=args.bind,
                workers=args.workers, load_document=load_document, current_revision=current_revision,
                redis_url=args.redis_url or None, poll_interval=args.poll_interval,
-               record_upstream_errors=log_upstream_errors)
+               record_upstream_errors=log_upstream_errors, access_log=args.access_log)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 
+from proxy_engine.accesslog import open_access_log
 from proxy_engine.events import NullSink, UpstreamErrorSink
 from proxy_engine.protocol import ProxyFactory
 from proxy_engine.reload import ConfigWatcher
@@ -80,15 +81,20 @@ def _drain(reactor, factory, ports, timeout):
 
 
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
-               poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None):
-    """Run one reactor serving the engine until it is stopped (signals stop it)."""
+               poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None,
+               access_log="off"):
+    """Run one reactor serving the engine until it is stopped (signals stop it).
+
+    `access_log` is a path, "-" (stdout) or "off" (`proxy_engine.accesslog.open_access_log`).
+    """
     from proxy_engine.reactor import install
 
     reactor = install()
 
     reactor.suggestThreadPoolSize(4)
     events = UpstreamErrorSink(reactor, record_upstream_errors) if record_upstream_errors else NullSink()
-    factory = ProxyFactory(reactor, events=events)
+    requests_log = open_access_log(reactor, access_log)
+    factory = ProxyFactory(reactor, events=events, access_log=requests_log)
     watcher = ConfigWatcher(reactor, load_document, current_revision, factory.swap,
                             redis_url=redis_url, poll_interval=poll_interval)
     ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
@@ -97,7 +103,8 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
     reactor.addSystemEventTrigger(
         "before", "shutdown",
-        lambda: _drain(reactor, factory, ports, drain_timeout).addCallback(lambda _: events.stop()))
+        lambda: _drain(reactor, factory, ports, drain_timeout).addCallback(lambda _: events.stop())
+        .addCallback(lambda _: requests_log.stop() if requests_log is not None else None))
     stopping = []
 
     def stop_once():
@@ -116,7 +123,7 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
         redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
-        record_upstream_errors=None):
+        record_upstream_errors=None, access_log="off"):
     """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers."""
     addresses = [a.strip() for a in bind.split(",") if a.strip()] or ["0.0.0.0"]
     if https_port:
@@ -124,7 +131,7 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
     kwargs = dict(http_port=http_port, addresses=addresses, load_document=load_document,
                   current_revision=current_revision, redis_url=redis_url,
                   poll_interval=poll_interval, drain_timeout=drain_timeout,
-                  record_upstream_errors=record_upstream_errors)
+                  record_upstream_errors=record_upstream_errors, access_log=access_log)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0

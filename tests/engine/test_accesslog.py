@@ -10,6 +10,8 @@ from twisted.python.failure import Failure
 
 from proxy_engine.accesslog import AccessLog, FileWriter, ThreadedWriter, format_entry, open_access_log
 from tests.engine.support import Harness
+from tests.engine.test_process import doc_for, engine_process, write_doc
+from tests.live import start_upstream, stop_upstream
 
 GET = b"GET /path?q=1 HTTP/1.1\r\nHost: app.example.test\r\n\r\n"
 
@@ -209,3 +211,25 @@ def test_a_slow_request_head_is_logged_as_408():
     client.dataReceived(b"GET / HTTP/1.1\r\nHost: app")
     h.reactor.advance(11)
     assert [r["status"] for r in records(h, writer)] == [408]
+
+
+def test_the_engine_process_writes_its_access_log_and_flushes_it_on_stop(tmp_path):
+    upstream = start_upstream("a")
+    try:
+        doc_path = tmp_path / "snapshot.json"
+        write_doc(doc_path, doc_for(1, upstream.server_address[1]))
+        log_path = tmp_path / "logs" / "access.log"
+        engine = engine_process(doc_path, "--access-log", str(log_path))
+        try:
+            engine.wait_for(lambda r, d: r.status == 200)
+            response, _ = engine.request("GET", "/logged?x=1")
+            request_id = response.getheader("X-Request-Id")
+        finally:
+            engine.stop()
+        with open(log_path, encoding="ascii") as handle:
+            records = [json.loads(line) for line in handle]
+        [record] = [r for r in records if r["request_id"] == request_id]
+        assert record["path"] == "/logged?x=1" and record["status"] == 200
+        assert record["upstream"] == f"127.0.0.1:{upstream.server_address[1]}"
+    finally:
+        stop_upstream(upstream)

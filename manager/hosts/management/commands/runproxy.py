@@ -38,6 +38,9 @@ class Command(BaseCommand):
                             help="reactor processes sharing the port with SO_REUSEPORT (default: cores)")
         parser.add_argument("--poll-interval", type=float, default=2.0,
                             help="seconds between revision polls (the fallback when Redis is absent)")
+        parser.add_argument("--access-log", default=str(settings.DATA_DIR / "logs" / "access.log"),
+                            help='access log file (JSON lines, rotated at 10 MiB x 5; default: '
+                                 '$GATEHOUSE_DATA_DIR/logs/access.log), "-" for stdout, or "off"')
 
     def handle(self, *args, **options):
         from manager.hosts.models import UpstreamError
@@ -55,6 +58,7 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             before_fork=connections.close_all,
             record_upstream_errors=in_worker_thread(UpstreamError.record),
+            access_log=options["access_log"],
         )
         if return_code:
             raise SystemExit(return_code)
