@@ -1,69 +1,28 @@
 """Throughput of the engine against nginx, alternating, on 127.0.0.1 (not a test).
 
-    .venv/bin/python bench/engine_wrk.py [--rounds 3] [--duration 5] [--connections 50]
+    .venv/bin/python bench/engine_wrk.py [--rounds 5] [--duration 4] [--connections 50] [--access-log]
 
-Starts nginx (Debian nginx-light) as the upstream serving 1 KiB, nginx as a reverse proxy
-with upstream keepalive (one worker), and the engine (`python -m proxy_engine`, one worker),
-then runs `wrk -t1 -cN -dDs` against each proxy in turn and prints requests/s and the median
-ratio engine/nginx.
+nginx (Debian nginx-light) is the upstream serving 1 KiB and, with one worker and upstream
+keepalive, the reverse proxy to compare with; the engine is `python -m proxy_engine` (one
+worker). `wrk -t1 -cN -dDs` runs against each proxy in turn, `--rounds` times, and the
+requests/s and the median ratio engine/nginx are printed. With `--access-log` a second
+engine writing its access log to a file joins the rotation, and its ratio is printed too.
 """
 import argparse
-import json
 import os
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{upstream}; location / {{ root {tmp}/www; }} }}
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{proxy};
-    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-                 proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
-  }}
-}}
-"""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import HOST, Rig  # noqa: E402
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
-
-
-def wrk(port, duration, connections):
+def wrk(port, duration, connections, path="/1k.bin"):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", "Host: app.example.test",
-         f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True, check=True).stdout
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}",
+         f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"non-2xx answers on port {port}:\n{out}")
@@ -72,51 +31,37 @@ def wrk(port, duration, connections):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--access-log", action="store_true",
+                        help="also measure an engine writing its access log to a file")
     args = parser.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            raise SystemExit(f"{tool} is not installed (apt-get install -y nginx-light wrk)")
-    tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
-    os.chmod(tmp, 0o755)
-    os.makedirs(f"{tmp}/www")
-    with open(f"{tmp}/www/1k.bin", "wb") as handle:
-        handle.write(b"x" * 1024)
-    upstream, nginx_proxy, engine_port = free_port(), free_port(), free_port()
-    with open(f"{tmp}/nginx.conf", "w") as handle:
-        handle.write(NGINX_CONF.format(tmp=tmp, upstream=upstream, proxy=nginx_proxy))
-    doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
-           "proxy_hosts": [{"id": 1, "domains": ["app.example.test"],
-                            "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": upstream, "weight": 1}]}]}
-    with open(f"{tmp}/snapshot.json", "w") as handle:
-        json.dump(doc, handle)
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp])
-    engine = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", f"{tmp}/snapshot.json",
-                               "--http-port", str(engine_port), "--log-level", "ERROR"], cwd=ROOT)
-    try:
-        for port in (upstream, nginx_proxy, engine_port):
-            wait_port(port)
-        time.sleep(0.5)
-        wrk(engine_port, 1, args.connections)           # warm up both
-        wrk(nginx_proxy, 1, args.connections)
-        results = {"nginx": [], "engine": []}
+    with Rig() as rig:
+        systems = {"nginx": rig.nginx_port, "engine": rig.engine_port}
+        if args.access_log:
+            systems["engine+log"] = rig.spawn_engine("access.log")[1]
+        for port in systems.values():
+            wrk(port, 1, args.connections)                  # warm up
+        results = {name: [] for name in systems}
         for _ in range(args.rounds):
-            results["nginx"].append(wrk(nginx_proxy, args.duration, args.connections))
-            results["engine"].append(wrk(engine_port, args.duration, args.connections))
-        ratios = [e / n for e, n in zip(results["engine"], results["nginx"])]
-        direct = wrk(upstream, args.duration, args.connections)
+            for name, port in systems.items():
+                results[name].append(wrk(port, args.duration, args.connections))
+        direct = wrk(rig.upstream, args.duration, args.connections)
+        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, 1 KiB, {args.rounds} rounds alternating")
         print(f"upstream direct: {direct:,.0f} req/s")
         for name, values in results.items():
-            print(f"{name:7s} " + "  ".join(f"{v:,.0f}" for v in values) + " req/s")
-        print(f"median ratio engine/nginx: {statistics.median(ratios):.2f}")
-    finally:
-        engine.terminate()
-        nginx.terminate()
-        engine.wait()
-        nginx.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+            print(f"{name:10s} " + "  ".join(f"{v:,.0f}" for v in values) + " req/s")
+        for name in results:
+            if name != "nginx":
+                ratios = [e / n for e, n in zip(results[name], results["nginx"])]
+                print(f"median ratio {name}/nginx: {statistics.median(ratios):.2f} "
+                      f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+        if args.access_log:
+            logs = [os.path.join(rig.tmp, n) for n in os.listdir(rig.tmp) if n.startswith("access.log")
+                    and not n.endswith(".lock")]
+            lines = sum(sum(1 for _ in open(path, "rb")) for path in logs)
+            print(f"access log lines written: {lines:,} in {len(logs)} file(s) (rotated at 10 MiB, 5 kept)")
 
 
 if __name__ == "__main__":

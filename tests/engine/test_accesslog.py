@@ -71,7 +71,7 @@ def test_a_full_batch_is_handed_over_at_once_and_stop_flushes_the_rest():
 
 def test_a_line_is_json_with_every_field():
     line = format_entry(entry(cause="connection refused by the upstream service", status=502))
-    assert line.endswith("\n") and "\n" not in line[:-1]
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
     record = json.loads(line)
     assert record == {
         "time": "2023-11-14T22:13:20.250Z", "host": "app.example.test", "method": "GET",
@@ -87,7 +87,7 @@ def test_the_file_rotates_by_size_and_keeps_the_configured_number_of_backups(tmp
     writer = FileWriter(path, max_bytes=1000, backups=2)
     line_size = len(format_entry(entry()))
     for _ in range(12):
-        writer.write_batch([entry()] * 2)
+        writer.write_batch([format_entry(entry())] * 2)
     writer.close()
     names = sorted(os.listdir(tmp_path / "logs"))
     assert names == ["access.log", "access.log.1", "access.log.2", "access.log.lock"]
@@ -99,10 +99,10 @@ def test_the_file_rotates_by_size_and_keeps_the_configured_number_of_backups(tmp
 def test_a_writer_follows_a_rotation_made_by_another_worker(tmp_path):
     path = str(tmp_path / "access.log")
     first, second = FileWriter(path, max_bytes=1000), FileWriter(path, max_bytes=1000)
-    first.write_batch([entry()])
+    first.write_batch([format_entry(entry())])
     for _ in range(6):
-        second.write_batch([entry()] * 2)              # rotates the file `first` has open
-    first.write_batch([entry(request_id=b"after")])
+        second.write_batch([format_entry(entry())] * 2)              # rotates the file `first` has open
+    first.write_batch([format_entry(entry(request_id=b"after"))])
     with open(path, encoding="ascii") as handle:
         assert json.loads(handle.readlines()[-1])["request_id"] == "after"
     first.close()
@@ -121,7 +121,7 @@ def test_the_writer_thread_drops_and_counts_batches_when_it_falls_behind(tmp_pat
     reactor = DirectReactor()
     writer = ThreadedWriter(reactor, SlowFile(path), max_backlog=2).start()
     for _ in range(10):
-        writer.submit([entry()])                       # never blocks, whatever the writer does
+        writer.submit([format_entry(entry())])         # never blocks, whatever the writer does
     assert writer.dropped_total >= 7                   # one being written, two waiting
     done = writer.stop()
     release.set()
@@ -147,7 +147,7 @@ def logged_harness():
 
 def records(h, writer):
     h.factory.access_log.flush()
-    return [json.loads(format_entry(e)) for batch in writer.batches for e in batch]
+    return [json.loads(line) for batch in writer.batches for line in batch]
 
 
 def test_a_proxied_request_is_logged_with_its_upstream_and_sizes():

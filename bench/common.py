@@ -1,0 +1,152 @@
+"""What the engine benchmarks share: nginx (upstream and reverse proxy) and the engine, on
+127.0.0.1, in a temporary directory. Not a test; see the scripts next to this file.
+
+`Rig()` starts nginx (Debian nginx-light, one worker) serving as the upstream (1 KiB file,
+a 100 MiB file, an upload sink) and as a reverse proxy with upstream keepalive, plus the
+engine (`python -m proxy_engine`, one worker) in front of the same upstream.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "app.example.test"
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{upstream};
+    location / {{ root {tmp}/www; }}
+    location /upload {{ client_max_body_size 0; return 204; }}
+  }}
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{proxy};
+    client_max_body_size 0;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
+    location /big/ {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; proxy_request_buffering off; }}
+    location /upload {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; proxy_request_buffering off; }}
+  }}
+}}
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def rss_kib(pid, field="VmRSS"):
+    """Resident memory of `pid` in KiB (VmRSS now, or VmHWM: the peak)."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise ValueError(field)
+
+
+def nginx_worker_pid(master_pid):
+    with open(f"/proc/{master_pid}/task/{master_pid}/children") as handle:
+        return int(handle.read().split()[0])
+
+
+class Rig:
+    def __init__(self, big_file=False, access_log="off"):
+        for tool in ("nginx", "wrk"):
+            if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+                raise SystemExit(f"{tool} is not installed (apt-get install -y nginx-light wrk)")
+        self.tmp = tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
+        os.chmod(tmp, 0o755)
+        os.makedirs(f"{tmp}/www/big")
+        with open(f"{tmp}/www/1k.bin", "wb") as handle:
+            handle.write(b"x" * 1024)
+        if big_file:
+            with open(f"{tmp}/www/big/100m.bin", "wb") as handle:
+                chunk = os.urandom(1 << 20)
+                for _ in range(100):
+                    handle.write(chunk)
+        self.upstream, self.nginx_port = free_port(), free_port()
+        with open(f"{tmp}/nginx.conf", "w") as handle:
+            handle.write(NGINX_CONF.format(tmp=tmp, upstream=self.upstream, proxy=self.nginx_port))
+        doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
+               "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None,
+                                "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": self.upstream,
+                                               "weight": 1}]}]}
+        with open(f"{tmp}/snapshot.json", "w") as handle:
+            json.dump(doc, handle)
+        self.nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf",
+                                       "-p", tmp])
+        self.engines = []
+        self.engine, self.engine_port = self.spawn_engine(access_log)
+        for port in (self.upstream, self.nginx_port):
+            wait_port(port)
+        time.sleep(0.3)
+
+    def spawn_engine(self, access_log="off"):
+        """Start an engine process (one worker); `access_log` is "off", "-" or a file name in
+        the temporary directory. Returns (process, port)."""
+        port = free_port()
+        log = access_log if access_log in ("off", "-") else os.path.join(self.tmp, access_log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy_engine", "--document-file", f"{self.tmp}/snapshot.json",
+             "--http-port", str(port), "--log-level", "ERROR", "--access-log", log], cwd=ROOT)
+        self.engines.append(proc)
+        wait_port(port)
+        time.sleep(0.3)
+        return proc, port
+
+    def restart_engine(self):
+        """A fresh engine process, so that its peak RSS is the next run's own."""
+        self.engine.terminate()
+        self.engine.wait()
+        self.engine, self.engine_port = self.spawn_engine()
+        return self.engine_port
+
+    @property
+    def nginx_worker(self):
+        return nginx_worker_pid(self.nginx.pid)
+
+    def close(self):
+        procs = [*self.engines, self.nginx]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
