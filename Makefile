@@ -63,7 +63,10 @@ test: $(TEST_STAMP)
 # Needs nginx-light and wrk (apt-get install nginx-light wrk) and redis-server.
 bench: $(TEST_STAMP)
 	$(VENV_PY) bench/reload_latency.py
-	$(VENV_PY) bench/engine_wrk.py
+	$(VENV_PY) bench/engine_wrk.py --access-log
+	$(VENV_PY) bench/engine_latency.py
+	$(VENV_PY) bench/engine_stream.py
+	$(VENV_PY) bench/engine_idle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache staticfiles

@@ -2,8 +2,10 @@
 127.0.0.1, in a temporary directory. Not a test; see the scripts next to this file.
 
 `Rig()` starts nginx (Debian nginx-light, one worker) serving as the upstream (1 KiB file,
-a 100 MiB file, an upload sink) and as a reverse proxy with upstream keepalive, plus the
-engine (`python -m proxy_engine`, one worker) in front of the same upstream.
+a 100 MiB file) and as a reverse proxy with upstream keepalive, plus the engine
+(`python -m proxy_engine`, one worker) in front of the same upstream. Uploads (`/upload`)
+go to `upload_sink`, a thread here that reads whole bodies before answering 204 (nginx
+answers a `return 204` before the body has arrived, which cuts a proxied upload short).
 """
 import json
 import os
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,18 +35,18 @@ http {{
   server {{
     listen 127.0.0.1:{upstream};
     location / {{ root {tmp}/www; }}
-    location /upload {{ client_max_body_size 0; return 204; }}
   }}
   upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  upstream sink {{ server 127.0.0.1:{sink}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{proxy};
     client_max_body_size 0;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
                  proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
     location /big/ {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-                 proxy_buffering off; proxy_request_buffering off; }}
-    location /upload {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-                 proxy_buffering off; proxy_request_buffering off; }}
+                 proxy_buffering off; proxy_buffer_size 256k; proxy_buffers 4 256k; proxy_busy_buffers_size 256k; }}
+    location /upload {{ proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_request_buffering off; }}
   }}
 }}
 """
@@ -64,6 +67,52 @@ def wait_port(port, timeout=10):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"port {port} never opened")
+
+
+def upload_sink():
+    """A keep-alive HTTP server in a daemon thread that reads each request body whole
+    (Content-Length or chunked) into one reused buffer, then answers 204. Returns its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def serve(conn):
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        pending = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, pending = pending.split(b"\r\n\r\n", 1)
+                lower = head.lower()
+                if b"content-length:" in lower:
+                    left = int(lower.split(b"content-length:")[1].split(b"\r\n")[0]) - len(pending)
+                    pending = b""
+                    while left > 0:
+                        got = conn.recv_into(view, min(left, len(buf)))
+                        if not got:
+                            return
+                        left -= got
+                elif b"chunked" in lower:
+                    while not pending.endswith(b"0\r\n\r\n"):      # enough for a benchmark client
+                        data = conn.recv(1 << 20)
+                        if not data:
+                            return
+                        pending = pending[-5:] + data
+                    pending = b""
+                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def accept():
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1]
 
 
 def rss_kib(pid, field="VmRSS"):
@@ -96,12 +145,15 @@ class Rig:
                 for _ in range(100):
                     handle.write(chunk)
         self.upstream, self.nginx_port = free_port(), free_port()
+        self.sink = upload_sink()
         with open(f"{tmp}/nginx.conf", "w") as handle:
-            handle.write(NGINX_CONF.format(tmp=tmp, upstream=self.upstream, proxy=self.nginx_port))
+            handle.write(NGINX_CONF.format(tmp=tmp, upstream=self.upstream, proxy=self.nginx_port, sink=self.sink))
         doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
                "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None,
                                 "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": self.upstream,
-                                               "weight": 1}]}]}
+                                               "weight": 1}],
+                                "locations": [{"path": "/upload", "upstreams": [
+                                    {"scheme": "http", "host": "127.0.0.1", "port": self.sink, "weight": 1}]}]}]}
         with open(f"{tmp}/snapshot.json", "w") as handle:
             json.dump(doc, handle)
         self.nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf",
