@@ -414,6 +414,8 @@ class ProxyProtocol(Protocol):
             location = route.location(path)
             self._respond(request, route.code, b"", extra=b"Location: " + location + b"\r\n")
         elif route.close:
+            request.responded = True         # closing unanswered is the answer (logged as 444)
+            request.status = 444
             self._close(abort=True)
         else:
             self._respond(request, route.status, route.body)

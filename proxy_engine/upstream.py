@@ -117,6 +117,9 @@ class UpstreamConnection(Protocol):
             return
         self.got_bytes = True
         exchange = self.exchange
+        if exchange is None:
+            self._feed(data)
+            return
         exchange.cork()
         try:
             self._feed(data)

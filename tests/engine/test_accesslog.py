@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from proxy_engine.accesslog import AccessLog, FileWriter, ThreadedWriter, format_entry, open_access_log
-from tests.engine.support import Harness
+from tests.engine.support import Harness, document
 from tests.engine.test_process import doc_for, engine_process, write_doc
 from tests.live import start_upstream, stop_upstream
 
@@ -233,3 +233,15 @@ def test_the_engine_process_writes_its_access_log_and_flushes_it_on_stop(tmp_pat
         assert record["upstream"] == f"127.0.0.1:{upstream.server_address[1]}"
     finally:
         stop_upstream(upstream)
+
+
+def test_a_default_site_that_closes_unanswered_is_logged_as_444():
+    doc = document(settings={"default_site": {"action": "444"}, "trusted_proxies": []})
+    h = Harness(doc)
+    writer = ListWriter()
+    h.factory.access_log = AccessLog(h.reactor, writer)
+    client, _ = h.client()
+    client.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere.example.test\r\n\r\n")
+    client.connectionLost(Failure(terror.ConnectionAborted()))
+    assert [r["status"] for r in records(h, writer)] == [444]
+    assert h.events.events == [], "not an upstream error"
