@@ -159,9 +159,13 @@ class Rig:
         self.nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf",
                                        "-p", tmp])
         self.engines = []
-        self.engine, self.engine_port = self.spawn_engine(access_log)
-        for port in (self.upstream, self.nginx_port):
-            wait_port(port)
+        try:
+            self.engine, self.engine_port = self.spawn_engine(access_log)
+            for port in (self.upstream, self.nginx_port):
+                wait_port(port)
+        except BaseException:
+            self.close()                  # no engine or nginx left behind by a failed start
+            raise
         time.sleep(0.3)
 
     def spawn_engine(self, access_log="off"):
