@@ -80,7 +80,9 @@ def _settings(config):
         site["body"] = config.default_site_body
     return {
         "default_site": site,
-        "acme": _without_nulls({"email": config.acme_email or None, "directory": config.acme_directory}),
+        "acme": _without_nulls({"email": config.acme_email or None, "directory": config.acme_directory,
+                                "ca_bundle": config.acme_ca_bundle or None}),
+        "tls": {"fallback": config.tls_fallback},
         "trusted_proxies": list(config.trusted_proxies),
     }
 
@@ -108,11 +110,16 @@ def _certificate(cert, include_secrets):
     return result
 
 
+UPSTREAM_DEFAULTS = {"weight": 1, "verify": True, "ca_pem": None}
+
+
 def upstreams(entries):
+    """Each upstream as its URL, or as {url, ...} with the options that differ from the defaults."""
     result = []
     for entry in entries:
         url = validators.format_upstream_url(entry["scheme"], entry["host"], entry["port"])
-        result.append(url if entry.get("weight", 1) == 1 else {"url": url, "weight": entry["weight"]})
+        options = {key: entry[key] for key, default in UPSTREAM_DEFAULTS.items() if entry.get(key, default) != default}
+        result.append({"url": url, **options} if options else url)
     return result
 
 

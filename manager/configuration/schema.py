@@ -31,7 +31,9 @@ REDIRECT_CODES = (301, 302, 307, 308)
 PROVIDERS = ("letsencrypt", "custom")
 MAX_WEIGHT = 1000
 
-SETTINGS_KEYS = ("default_site", "acme", "trusted_proxies")
+SETTINGS_KEYS = ("default_site", "acme", "tls", "trusted_proxies")
+TLS_FALLBACKS = ("self_signed", "reject")
+UPSTREAM_KEYS = ("url", "weight", "verify", "ca_pem")
 ACCESS_LIST_KEYS = ("name", "satisfy", "pass_auth", "users", "rules")
 CERTIFICATE_KEYS = ("name", "provider", "domains", "certificate_pem", "key_pem", "chain_pem")
 PROXY_HOST_KEYS = ("domains", "enabled", "upstreams", "load_balancing", "websockets", "timeouts", "max_body_size",
@@ -306,7 +308,8 @@ def _settings(r, value, at):
     if m is None:
         return None
     result = {"default_site_action": "welcome", "default_site_to": "", "default_site_body": "",
-              "acme_email": "", "acme_directory": DEFAULT_ACME_DIRECTORY, "trusted_proxies": []}
+              "acme_email": "", "acme_directory": DEFAULT_ACME_DIRECTORY, "acme_ca_bundle": "",
+              "tls_fallback": "self_signed", "trusted_proxies": []}
     if m.get("default_site") is not None:
         where = _key(at, "default_site")
         site = r.mapping(m["default_site"], where, ("action", "to", "body"), required=("action",))
@@ -327,10 +330,16 @@ def _settings(r, value, at):
                 r.error(_key(where, "body"), "only allowed when action is html")
     if m.get("acme") is not None:
         where = _key(at, "acme")
-        acme = r.mapping(m["acme"], where, ("email", "directory"))
+        acme = r.mapping(m["acme"], where, ("email", "directory", "ca_bundle"))
         if acme is not None:
             result["acme_email"] = r.field(acme, "email", where, email, "")
             result["acme_directory"] = r.field(acme, "directory", where, url, DEFAULT_ACME_DIRECTORY)
+            result["acme_ca_bundle"] = r.field(acme, "ca_bundle", where, absolute_path, "")
+    if m.get("tls") is not None:
+        where = _key(at, "tls")
+        tls = r.mapping(m["tls"], where, ("fallback",))
+        if tls is not None:
+            result["tls_fallback"] = r.field(tls, "fallback", where, choice(TLS_FALLBACKS), "self_signed")
     result["trusted_proxies"] = r.scalar_list(m, "trusted_proxies", at, validators.cidr)
     return result
 
@@ -462,22 +471,50 @@ def _domains(r, m, at):
     return domains
 
 
+def _ca_pem(value):
+    """One or more CA certificates (PEM text) to verify an https upstream with."""
+    validators.certificate_chain(value)
+    return value.strip() + "\n"
+
+
+def absolute_path(value):
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Invalid(f"expected an absolute file path, got {describe(value)}")
+    return value
+
+
 def _upstream(value):
     scheme, host, port = validators.upstream_url(value)
     return {"scheme": scheme, "host": host, "port": port, "weight": 1}
 
 
 def _upstreams(r, m, at):
+    """Canonical upstreams; `verify` (default true) and `ca_pem` are stored only when set
+    otherwise, and only for https upstreams."""
     result = []
     for item, where in r.items(m, "upstreams", at):
         if isinstance(item, dict):
-            entry = r.mapping(item, where, ("url", "weight"), required=("url",))
+            entry = r.mapping(item, where, UPSTREAM_KEYS, required=("url",))
             if entry is None or entry.get("url") is None:
                 continue
             upstream = r.field(entry, "url", where, _upstream)
             weight = r.field(entry, "weight", where, lambda v: validators.positive_int(v, "weight", 1, MAX_WEIGHT), 1)
-            if upstream is not None:
-                result.append({**upstream, "weight": weight})
+            verify = r.field(entry, "verify", where, boolean, True)
+            ca_pem = r.field(entry, "ca_pem", where, _ca_pem, None)
+            if upstream is None:
+                continue
+            if upstream["scheme"] != "https":
+                for key in ("verify", "ca_pem"):
+                    if entry.get(key) is not None:
+                        r.error(_key(where, key), "only for https upstreams")
+            if verify is False and ca_pem is not None:
+                r.error(_key(where, "ca_pem"), "not used when verify is false")
+            upstream["weight"] = weight
+            if verify is False:
+                upstream["verify"] = False
+            if ca_pem is not None:
+                upstream["ca_pem"] = ca_pem
+            result.append(upstream)
         else:
             try:
                 result.append(_upstream(item))

@@ -160,6 +160,7 @@ class Stream(models.Model):
 class Settings(models.Model):
     """The global settings: one row, pk=1."""
 
+    TLS_FALLBACK_CHOICES = [("self_signed", "A self-signed default certificate"), ("reject", "Refuse the handshake (unrecognized_name)")]
     DEFAULT_SITE_CHOICES = [("404", "404 page"), ("444", "Close the connection"), ("redirect", "Redirect"), ("html", "Custom page"), ("welcome", "Welcome page")]
 
     default_site_action = models.CharField(max_length=8, choices=DEFAULT_SITE_CHOICES, default="welcome")
@@ -167,6 +168,9 @@ class Settings(models.Model):
     default_site_body = models.TextField(blank=True)
     acme_email = models.EmailField(blank=True)
     acme_directory = models.URLField(max_length=2048, default="https://acme-v02.api.letsencrypt.org/directory")
+    acme_ca_bundle = models.CharField(max_length=1024, blank=True, help_text="PEM file trusted for a private ACME server's API (pebble, step-ca).")
+    tls_fallback = models.CharField(max_length=16, choices=TLS_FALLBACK_CHOICES, default="self_signed",
+                                    help_text="What an HTTPS client naming no known host gets.")
     trusted_proxies = models.JSONField(default=list, blank=True)
 
     class Meta:

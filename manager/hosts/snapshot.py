@@ -51,7 +51,7 @@ def _settings(config):
         site["to"] = config.default_site_to
     elif config.default_site_action == "html":
         site["body"] = config.default_site_body
-    return {"default_site": site, "trusted_proxies": list(config.trusted_proxies)}
+    return {"default_site": site, "trusted_proxies": list(config.trusted_proxies), "tls_fallback": config.tls_fallback}
 
 
 def _proxy_host(host):

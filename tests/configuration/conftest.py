@@ -77,6 +77,8 @@ def full_document(contract, tls):
     doc = contract
     doc["settings"]["default_site"] = {"action": "html", "body": "<h1>Nothing here</h1>\n<p>Move along.</p>\n"}
     doc["settings"]["trusted_proxies"].append("2001:db8::/32")
+    doc["settings"]["acme"]["ca_bundle"] = "/etc/gatehouse/pebble.pem"
+    doc["settings"]["tls"] = {"fallback": "reject"}
     doc["access_lists"].append({"name": "admins", "satisfy": "all", "pass_auth": True,
                                 "users": [{"username": "root", "password": "hunter2"}],
                                 "rules": [{"allow": "10.0.0.0/8"}, {"allow": "2001:db8::/48"}, {"deny": "all"}]})
@@ -85,7 +87,9 @@ def full_document(contract, tls):
     doc["proxy_hosts"].append({
         "domains": ["secure.example.test", "*.secure.example.test"],
         "enabled": False,
-        "upstreams": [{"url": "https://[2001:db8::10]:8443", "weight": 3}],
+        "upstreams": [{"url": "https://[2001:db8::10]:8443", "weight": 3},
+                      {"url": "https://192.168.1.2:8006", "verify": False},
+                      {"url": "https://nas.lan:443", "ca_pem": tls.chain}],
         "ssl": {"certificate": "lab", "force_https": True},
         "access_list": "admins",
         "rate_limit": {"requests": 5, "per": "1s", "key": "header:X-Api-Key", "burst": 0},

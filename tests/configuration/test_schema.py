@@ -24,7 +24,7 @@ def test_it_reads_every_key_of_the_contract_example_into_canonical_values():
     assert doc["settings"] == {
         "default_site_action": "404", "default_site_to": "", "default_site_body": "",
         "acme_email": "me@example.test", "acme_directory": "https://acme-v02.api.letsencrypt.org/directory",
-        "trusted_proxies": ["10.0.0.0/8"],
+        "acme_ca_bundle": "", "tls_fallback": "self_signed", "trusted_proxies": ["10.0.0.0/8"],
     }
     (family,) = doc["access_lists"]
     assert (family["name"], family["satisfy"], family["pass_auth"]) == ("family", "any", False)
@@ -195,6 +195,41 @@ def test_a_custom_certificate_must_cover_the_domains_it_claims(contract, tls):
 
     assert lines == ["certificates[1].domains: b.a.secure.example.test is not covered by the certificate "
                      "(it covers secure.example.test, *.secure.example.test)"], lines
+
+
+def test_https_upstream_options_and_tls_settings(contract, tls):
+    contract["settings"]["acme"]["ca_bundle"] = "/etc/gatehouse/pebble.pem"
+    contract["settings"]["tls"] = {"fallback": "reject"}
+    contract["proxy_hosts"][0]["upstreams"] = [
+        {"url": "https://192.168.1.2:8006", "verify": False},
+        {"url": "https://nas.lan", "ca_pem": tls.chain, "weight": 3},
+    ]
+
+    doc = parse(contract)
+
+    assert (doc["settings"]["acme_ca_bundle"], doc["settings"]["tls_fallback"]) == ("/etc/gatehouse/pebble.pem", "reject")
+    assert doc["proxy_hosts"][0]["upstreams"] == [
+        {"scheme": "https", "host": "192.168.1.2", "port": 8006, "weight": 1, "verify": False},
+        {"scheme": "https", "host": "nas.lan", "port": 443, "weight": 3, "ca_pem": tls.chain.strip() + "\n"},
+    ]
+
+
+def test_https_upstream_options_are_checked(contract):
+    contract["settings"]["acme"]["ca_bundle"] = "relative/ca.pem"
+    contract["settings"]["tls"] = {"fallback": "maybe"}
+    contract["proxy_hosts"][0]["upstreams"] = [
+        {"url": "http://10.0.1.10:3000", "verify": False},
+        {"url": "https://nas.lan", "ca_pem": "not a pem"},
+        {"url": "https://nas.lan:8443", "verify": "no"},
+    ]
+
+    lines = error_lines(contract)
+
+    assert "settings.acme.ca_bundle: expected an absolute file path, got string 'relative/ca.pem'" in lines
+    assert any(line.startswith("settings.tls.fallback: ") and "maybe" in line for line in lines), lines
+    assert "proxy_hosts[0].upstreams[0].verify: only for https upstreams" in lines
+    assert any(line.startswith("proxy_hosts[0].upstreams[1].ca_pem: not a PEM certificate") for line in lines), lines
+    assert "proxy_hosts[0].upstreams[2].verify: expected true or false, got string 'no'" in lines
 
 
 def test_a_yaml_syntax_error_names_its_line():
