@@ -33,8 +33,8 @@ from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, UnsupportedS
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
 from proxy_engine.headers import client_response_head, upstream_request_head
-from proxy_engine.pages import STARTING_PAGE
-from proxy_engine.routing import Router, normalize_host
+from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
+from proxy_engine.routing import NOT_ACME, Router, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
 from proxy_engine.upstream import UpstreamPool
 
@@ -48,6 +48,7 @@ _CONNECTION_CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HTML = b"text/html; charset=utf-8"
+_TEXT = b"text/plain"
 _PIPELINE_BUFFER = 1 << 20
 _SMALL_BODY = 1 << 16       # responses up to this size are written without pairing producers
 
@@ -391,6 +392,13 @@ class ProxyProtocol(Protocol):
         else:
             self._refuse(400)
             return
+        challenge = router.challenge(path)     # ACME HTTP-01, for any host, before any route
+        if challenge is not NOT_ACME:
+            if challenge is None:
+                self._respond(request, 404, NOT_FOUND_PAGE)
+            else:
+                self._respond(request, 200, challenge, content_type=_TEXT)
+            return
         route = router.route(normalize_host(host or b""))
         request.route = route
         kind = route.kind
@@ -593,7 +601,7 @@ class ProxyProtocol(Protocol):
         self._respond(request, status, None, cause=CLIENT_ERRORS.get(status, "The request was refused."), close=True,
                       finish=request is self.active)
 
-    def _respond(self, request, status, body, extra=b"", cause=None, close=False, finish=True):
+    def _respond(self, request, status, body, extra=b"", cause=None, close=False, finish=True, content_type=_HTML):
         """A local answer: a page, a redirect, or an error page when `cause` is given."""
         request.responded = True
         request.status = status
@@ -601,8 +609,6 @@ class ProxyProtocol(Protocol):
             request.cause = cause
             wants_json = any(l == b"accept" and b"json" in v for l, _, v in request.headers)
             content_type, body = error_body(status, cause, wants_json, request.request_id)
-        else:
-            content_type = _HTML
         close = close or not request.keep_alive or not request.complete or request.upgrade is not None
         request.close_after = close
         parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n" % (

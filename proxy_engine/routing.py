@@ -10,11 +10,18 @@ bytes so the per-request lookup never decodes. `route(host)` returns one of:
 - `StaticRoute`: a fixed local answer (dead host 404, default 404/html/welcome), or
   `close=True` for the default site's 444 (close without answering).
 
+`challenge(path)` answers ACME HTTP-01 for every host, before any route: the key
+authorization (bytes) for a published token, None for any other path under
+`/.well-known/acme-challenge/` (a 404), and `NOT_ACME` for every other path.
+
 The Router and its routes are owned by one snapshot and never mutated after build, apart
 from the round-robin cursors inside each group.
 """
 from proxy_engine.balancer import UpstreamGroup
 from proxy_engine.pages import NOT_FOUND_PAGE, WELCOME_PAGE
+
+ACME_PREFIX = b"/.well-known/acme-challenge/"
+NOT_ACME = object()
 
 
 class ProxyRoute:
@@ -79,7 +86,7 @@ def normalize_host(raw):
 
 
 class Router:
-    __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default")
+    __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default", "acme")
 
     def __init__(self, snapshot):
         exact = {}
@@ -102,6 +109,15 @@ class Router:
         self.exact = exact
         self.wildcard = wildcard
         self.default = default_route(snapshot.settings.default_site)
+        self.acme = {ACME_PREFIX + token.encode("ascii"): key_authorization.encode("utf-8")
+                     for token, key_authorization in snapshot.acme_challenges.items()}
+
+    def challenge(self, path):
+        """The ACME HTTP-01 answer for `path` (bytes, may carry a query): see the module doc."""
+        if not path.startswith(ACME_PREFIX):
+            return NOT_ACME
+        query = path.find(b"?")
+        return self.acme.get(path if query < 0 else path[:query])
 
     def route(self, host):
         """The route for a normalized host name (bytes)."""

@@ -23,6 +23,7 @@ POLICIES = ("round_robin", "least_conn", "ip_hash", "random", "first")
 REDIRECT_CODES = (301, 302, 307, 308)
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _SECRET_KEYS = frozenset({"certificate_pem", "key_pem", "chain_pem", "password_hash"})
 
 
@@ -128,6 +129,7 @@ class Snapshot:
     streams: tuple = ()
     access_lists: tuple = ()
     certificates: tuple = ()
+    acme_challenges: dict = field(default_factory=dict)   # HTTP-01 token -> key authorization (str)
 
 
 class _Reader:
@@ -354,6 +356,20 @@ def _settings(r, raw):
     return Settings(DefaultSite(action or "404", to, body), tuple(networks))
 
 
+def _acme_challenges(r, doc):
+    challenges = {}
+    for i, raw in enumerate(r.items(doc, "acme_challenges", "")):
+        p = f"acme_challenges[{i}]"
+        c = r.mapping(raw, p)
+        token = r.get(c, "token", p, str)
+        key_authorization = r.get(c, "key_authorization", p, str)
+        if token is not None and not _ACME_TOKEN.match(token):
+            r.error(f"{p}.token", "must be base64url characters")
+        elif token is not None and key_authorization is not None:
+            challenges[token] = key_authorization
+    return challenges
+
+
 def parse_snapshot(document):
     """Return a `Snapshot` for `document`, or raise `SnapshotError` naming every problem."""
     r = _Reader()
@@ -387,6 +403,7 @@ def parse_snapshot(document):
     for key in ("streams", "access_lists", "certificates"):
         for i, raw in enumerate(r.items(doc, key, "")):
             r.mapping(raw, f"{key}[{i}]")
+    acme_challenges = _acme_challenges(r, doc)
     if r.errors:
         raise SnapshotError(r.errors)
     return Snapshot(
@@ -398,4 +415,5 @@ def parse_snapshot(document):
         streams=tuple(doc.get("streams") or ()),
         access_lists=tuple(doc.get("access_lists") or ()),
         certificates=tuple(doc.get("certificates") or ()),
+        acme_challenges=acme_challenges,
     )
