@@ -1,0 +1,12 @@
+from django.urls import path
+
+from . import views
+
+app_name = "certificates"
+
+urlpatterns = [
+    path("", views.certificate_list, name="list"),
+    path("upload/", views.certificate_upload, name="upload"),
+    path("<int:pk>/", views.certificate_detail, name="detail"),
+    path("<int:pk>/delete/", views.certificate_delete, name="delete"),
+]

@@ -1,0 +1,112 @@
+import pytest
+import trustme
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from manager.certificates.models import Certificate
+from manager.hosts.models import ProxyHost
+
+pytestmark = pytest.mark.django_db
+PASSWORD = "a-long-passphrase-42"
+
+
+@pytest.fixture(scope="module")
+def pems():
+    ca = trustme.CA()
+    leaf = ca.issue_cert("nas.home.test", "*.apps.home.test")
+    other = ca.issue_cert("other.home.test")
+    return {
+        "cert": leaf.cert_chain_pems[0].bytes().decode(), "key": leaf.private_key_pem.bytes().decode(),
+        "chain": ca.cert_pem.bytes().decode(), "other_key": other.private_key_pem.bytes().decode(),
+    }
+
+
+def user(name, *permissions, superuser=False):
+    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
+    for codename in permissions:
+        account.user_permissions.add(Permission.objects.get(codename=codename))
+    return account
+
+
+@pytest.fixture
+def as_user(client):
+    def login(account):
+        assert client.login(username=account.username, password=PASSWORD)
+        return client
+    return login
+
+
+def test_pages_require_login(client):
+    assert client.get("/certificates/").status_code == 302
+
+
+def test_an_outsider_without_permission_is_refused(as_user):
+    browser = as_user(user("outsider"))
+    assert browser.get("/certificates/").status_code == 403
+    assert browser.get("/certificates/upload/").status_code == 403
+
+
+def test_a_viewer_sees_the_list_but_cannot_upload_or_delete(as_user, pems):
+    cert = Certificate.objects.create(name="home", provider="custom", domains=["nas.home.test"], certificate_pem=pems["cert"],
+                                      key_pem=pems["key"], status="valid")
+    browser = as_user(user("viewer", "view_certificate"))
+    page = browser.get("/certificates/")
+    assert page.status_code == 200 and b"nas.home.test" in page.content
+    assert b"Upload a custom certificate" not in page.content
+    assert browser.get("/certificates/upload/").status_code == 403
+    assert browser.post(f"/certificates/{cert.pk}/delete/").status_code == 403
+    assert Certificate.objects.filter(pk=cert.pk).exists()
+
+
+def test_htmx_refresh_renders_only_the_rows(as_user):
+    Certificate.objects.create(name="home", domains=["app.home.test"], status="pending")
+    page = as_user(user("admin", superuser=True)).get("/certificates/", HTTP_HX_REQUEST="true")
+    assert page.status_code == 200
+    assert b"<h1>" not in page.content and b"app.home.test" in page.content and b"pending" in page.content
+
+
+def test_uploading_a_matching_pair_stores_it_with_its_names_and_never_shows_the_key(as_user, pems):
+    browser = as_user(user("admin", superuser=True))
+    response = browser.post("/certificates/upload/", {
+        "name": "nas", "certificate_pem": pems["cert"], "key_pem": pems["key"],
+        "chain_file": SimpleUploadedFile("chain.pem", pems["chain"].encode()),
+    })
+    cert = Certificate.objects.get(name="nas")
+    assert response.status_code == 302 and response["Location"] == f"/certificates/{cert.pk}/"
+    assert (cert.provider, cert.status, cert.domains) == ("custom", "valid", ["nas.home.test", "*.apps.home.test"])
+    assert cert.chain_pem.strip() == pems["chain"].strip() and cert.expires_at is not None
+    detail = browser.get(f"/certificates/{cert.pk}/")
+    assert b"stored (never shown)" in detail.content
+    assert pems["key"].splitlines()[1].encode() not in detail.content
+
+
+@pytest.mark.parametrize("fields, field, message", [
+    ({"certificate_pem": "", "key_pem": "KEY"}, "certificate_pem", "a certificate is required"),
+    ({"certificate_pem": "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----", "key_pem": "cert"},
+     "certificate_pem", "certificate PEM does not parse"),
+    ({"certificate_pem": "cert", "key_pem": "other_key"}, "key_pem", "the private key does not match the certificate"),
+    ({"certificate_pem": "cert", "key_pem": "not a key"}, "key_pem", "not a PEM private key"),
+])
+def test_a_bad_upload_names_the_problem_and_saves_nothing(as_user, pems, fields, field, message):
+    data = {"name": "bad"}
+    for key, value in fields.items():
+        data[key] = pems.get(value, value)
+    response = as_user(user("admin", superuser=True)).post("/certificates/upload/", data)
+    assert response.status_code == 200
+    assert any(message in error for error in response.context["form"].errors[field]), response.context["form"].errors
+    assert not Certificate.objects.exists()
+
+
+def test_deleting_requires_post_and_refuses_a_certificate_in_use(as_user, pems):
+    cert = Certificate.objects.create(name="home", provider="custom", domains=["nas.home.test"], status="valid")
+    ProxyHost.objects.create(domains=["nas.home.test"], upstreams=[{"scheme": "http", "host": "10.0.0.2", "port": 80, "weight": 1}],
+                             certificate=cert)
+    browser = as_user(user("admin", superuser=True))
+    assert browser.get(f"/certificates/{cert.pk}/delete/").status_code == 405
+    response = browser.post(f"/certificates/{cert.pk}/delete/", follow=True)
+    assert b"is used by nas.home.test" in response.content
+    assert Certificate.objects.filter(pk=cert.pk).exists()
+    ProxyHost.objects.all().delete()
+    browser.post(f"/certificates/{cert.pk}/delete/")
+    assert not Certificate.objects.filter(pk=cert.pk).exists()
