@@ -33,3 +33,21 @@ def test_logout_rejects_get(client):
     get_user_model().objects.create_user("admin", password="a-long-passphrase-42")
     client.login(username="admin", password="a-long-passphrase-42")
     assert client.get("/logout/").status_code == 405
+
+
+def test_overview_shows_failed_and_expiring_certificates(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from manager.certificates.models import Certificate
+
+    get_user_model().objects.create_user("admin", password="a-long-passphrase-42")
+    Certificate.objects.create(name="broken", status="error", last_error="the ACME server could not reach http://x/: connection refused")
+    Certificate.objects.create(name="soon", status="valid", expires_at=timezone.now() + timedelta(days=5))
+    Certificate.objects.create(name="fine", status="valid", expires_at=timezone.now() + timedelta(days=80))
+    client.login(username="admin", password="a-long-passphrase-42")
+    page = client.get("/").content.decode()
+    assert "Certificates needing attention" in page
+    assert "broken" in page and "connection refused" in page and "soon" in page
+    assert ">fine<" not in page

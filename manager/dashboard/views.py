@@ -1,5 +1,9 @@
 """Dashboard pages. The full dashboard is its own issue; this is the overview."""
+from datetime import timedelta
+
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.utils import timezone
 from django.shortcuts import render
 
 from manager.certificates.models import Certificate
@@ -15,5 +19,7 @@ def overview(request):
         "dead_hosts": DeadHost.objects.all(),
         "streams": Stream.objects.all(),
         "certificates": Certificate.objects.all(),
+        "certificate_alerts": Certificate.objects.filter(
+            Q(status="error") | Q(expires_at__lt=timezone.now() + timedelta(days=30))).order_by("expires_at"),
         "revision": current_revision(),
     })
