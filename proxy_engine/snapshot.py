@@ -41,11 +41,16 @@ class Upstream:
     host: str
     port: int
     weight: int = 1
+    verify: bool = True          # https only: False = no certificate verification
+    ca_pem: str | None = None    # https only: trust these CAs instead of the system's
 
     @property
     def address(self):
-        """The key of state that outlives snapshots (connection pools)."""
-        return (self.scheme, self.host, self.port)
+        """The key of state that outlives snapshots (connection pools); an https address
+        includes its TLS options, so differently verified connections are never shared."""
+        if self.scheme == "http":
+            return ("http", self.host, self.port)
+        return (self.scheme, self.host, self.port, self.verify, self.ca_pem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,29 @@ class Location:
 
 
 @dataclass(frozen=True, slots=True)
+class SSLOptions:
+    certificate: str | None = None    # a name in `certificates`, or None (plain HTTP only)
+    force_https: bool = False
+    http2: bool = False
+    hsts: bool = False
+    hsts_subdomains: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """PEM texts as the manager sent them; `proxy_engine.tls` parses them (and skips a
+    broken one) when the snapshot's TLS table is built."""
+    name: str
+    domains: tuple
+    certificate_pem: str
+    key_pem: str
+    chain_pem: str = ""
+
+    def __repr__(self):                  # never the key
+        return f"Certificate(name={self.name!r}, domains={self.domains!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyHost:
     id: int
     domains: tuple
@@ -80,7 +108,7 @@ class ProxyHost:
     websockets: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_size: int | None = None
-    ssl: object = None
+    ssl: SSLOptions = field(default_factory=SSLOptions)
     access_list: str | None = None
     compression: tuple = ()
     cache: object = None
@@ -117,6 +145,7 @@ class DefaultSite:
 class Settings:
     default_site: DefaultSite = field(default_factory=DefaultSite)
     trusted_proxies: tuple = ()   # ipaddress networks
+    tls_fallback: str = "self_signed"   # HTTPS client naming no known host: "self_signed" | "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +157,8 @@ class Snapshot:
     dead_hosts: tuple = ()
     streams: tuple = ()
     access_lists: tuple = ()
-    certificates: tuple = ()
+    certificates: tuple = ()      # Certificate
+    tls: object = None            # proxy_engine.tls.TlsTable, attached in the reload thread when HTTPS is served
     acme_challenges: dict = field(default_factory=dict)   # HTTP-01 token -> key authorization (str)
 
 
@@ -224,8 +254,13 @@ def _upstreams(r, obj, path, required):
         weight = r.get(u, "weight", p, int, 1)
         if weight is not None and not 1 <= weight <= 1000:
             r.error(f"{p}.weight", f"{weight} out of range 1-1000")
+        verify = r.get(u, "verify", p, bool, True)
+        ca_pem = r.get(u, "ca_pem", p, str, None, allow_none=True)
+        if ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in ca_pem:
+            r.error(f"{p}.ca_pem", "must be PEM text of one or more certificates")
         if host and port:
-            out.append(Upstream(scheme or "http", host.strip("[]").lower(), port, weight or 1))
+            tls = {"verify": verify is not False, "ca_pem": ca_pem or None} if scheme == "https" else {}
+            out.append(Upstream(scheme or "http", host.strip("[]").lower(), port, weight or 1, **tls))
     if required and not items:
         r.error(f"{path}.upstreams", "needs at least one upstream")
     return tuple(out)
@@ -318,7 +353,7 @@ def _proxy_host(r, raw, path, seen):
         websockets=bool(r.get(h, "websockets", path, bool, False)),
         timeouts=timeouts,
         max_body_size=max_body,
-        ssl=r.get(h, "ssl", path, dict, None, allow_none=True),
+        ssl=_ssl_options(r, r.get(h, "ssl", path, dict, None, allow_none=True), f"{path}.ssl"),
         access_list=r.get(h, "access_list", path, str, None, allow_none=True),
         compression=tuple(compression or ()),
         cache=r.get(h, "cache", path, dict, None, allow_none=True),
@@ -328,6 +363,31 @@ def _proxy_host(r, raw, path, seen):
         block_exploits=bool(r.get(h, "block_exploits", path, bool, False)),
         locations=tuple(locations),
     )
+
+
+def _ssl_options(r, raw, path):
+    if raw is None:
+        return SSLOptions()
+    flags = {key: bool(r.get(raw, key, path, bool, False))
+             for key in ("force_https", "http2", "hsts", "hsts_subdomains")}
+    return SSLOptions(certificate=r.get(raw, "certificate", path, str, None, allow_none=True), **flags)
+
+
+def _certificates(r, items):
+    """Types are checked here; PEM contents in `proxy_engine.tls` (a broken certificate is
+    skipped there, never refusing the snapshot)."""
+    out = []
+    for i, raw in enumerate(items):
+        p = f"certificates[{i}]"
+        c = r.mapping(raw, p)
+        name = r.get(c, "name", p, str)
+        domains = tuple(d for d in r.get(c, "domains", p, list, []) if isinstance(d, str))
+        cert_pem = r.get(c, "certificate_pem", p, str)
+        key_pem = r.get(c, "key_pem", p, str)
+        chain_pem = r.get(c, "chain_pem", p, str, "", allow_none=True)
+        if name is not None and cert_pem is not None and key_pem is not None:
+            out.append(Certificate(name, domains, cert_pem, key_pem, chain_pem or ""))
+    return tuple(out)
 
 
 def _http_url(r, value, path):
@@ -353,7 +413,10 @@ def _settings(r, raw):
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except (TypeError, ValueError):
             r.error(f"settings.trusted_proxies[{i}]", f"{str(cidr)[:60]!r} is not a CIDR")
-    return Settings(DefaultSite(action or "404", to, body), tuple(networks))
+    fallback = r.get(s, "tls_fallback", "settings", str, "self_signed")
+    if fallback not in ("self_signed", "reject"):
+        r.error("settings.tls_fallback", f"must be self_signed or reject, got {fallback!r}")
+    return Settings(DefaultSite(action or "404", to, body), tuple(networks), fallback or "self_signed")
 
 
 def _acme_challenges(r, doc):
@@ -400,7 +463,8 @@ def parse_snapshot(document):
         h = r.mapping(raw, p)
         host_id = r.get(h, "id", p, int)
         dead.append(DeadHost(host_id or 0, _domains(r, h, p, seen, f"dead host {host_id}")))
-    for key in ("streams", "access_lists", "certificates"):
+    certificates = _certificates(r, r.items(doc, "certificates", ""))
+    for key in ("streams", "access_lists"):
         for i, raw in enumerate(r.items(doc, key, "")):
             r.mapping(raw, f"{key}[{i}]")
     acme_challenges = _acme_challenges(r, doc)
@@ -414,6 +478,6 @@ def parse_snapshot(document):
         dead_hosts=tuple(dead),
         streams=tuple(doc.get("streams") or ()),
         access_lists=tuple(doc.get("access_lists") or ()),
-        certificates=tuple(doc.get("certificates") or ()),
+        certificates=certificates,
         acme_challenges=acme_challenges,
     )
