@@ -133,6 +133,10 @@ else:
     (DATA_DIR / "broker" / "results").mkdir(parents=True, exist_ok=True)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Beat (`celery -A manager beat`): certificates expiring within 30 days are renewed daily.
+CELERY_BEAT_SCHEDULE = {
+    "renew-due-certificates": {"task": "manager.certificates.tasks.renew_due_certificates", "schedule": 24 * 3600.0},
+}
 
 LOGGING = {
     "version": 1,

@@ -2,13 +2,13 @@
 from django.db.models.signals import post_delete, post_save
 
 from manager.access.models import AccessList, AccessListUser, AccessRule
-from manager.certificates.models import Certificate
+from manager.certificates.models import AcmeChallenge, Certificate
 
 from .models import DeadHost, Location, ProxyHost, RedirectionHost, Settings, Stream
 from .revision import config_changed
 
 CONFIG_MODELS = (ProxyHost, Location, RedirectionHost, DeadHost, Stream, Settings,
-                 AccessList, AccessListUser, AccessRule, Certificate)
+                 AccessList, AccessListUser, AccessRule, Certificate, AcmeChallenge)
 
 
 def _changed(sender, **kwargs):

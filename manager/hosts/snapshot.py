@@ -4,10 +4,13 @@ The document's shape is described in docs/snapshot.md. The revision is read firs
 a change committed while the rows are read is at worst served one poll later, never
 labelled as already served.
 """
+from datetime import timedelta
+
 from django.db import transaction
+from django.utils import timezone
 
 from manager.access.models import AccessList
-from manager.certificates.models import Certificate
+from manager.certificates.models import AcmeChallenge, Certificate
 
 from .models import DeadHost, ProxyHost, RedirectionHost, Settings, Stream
 from .revision import current_revision
@@ -16,6 +19,7 @@ __all__ = ["build_snapshot", "current_revision"]
 
 EMPTY_HEADERS = {"request": {"set": {}, "remove": []}, "response": {"set": {}, "remove": []}}
 NO_CACHE = {"enabled": False, "default_ttl": 0.0}
+ACME_CHALLENGE_LIFETIME = timedelta(hours=1)   # older tokens are leftovers of a crashed request
 
 
 def build_snapshot():
@@ -41,6 +45,10 @@ def build_snapshot():
                 {"name": c.name, "domains": list(c.domains), "certificate_pem": c.certificate_pem,
                  "key_pem": c.key_pem, "chain_pem": c.chain_pem}
                 for c in Certificate.objects.all() if c.usable
+            ],
+            "acme_challenges": [
+                {"token": c.token, "key_authorization": c.key_authorization}
+                for c in AcmeChallenge.objects.filter(created_at__gte=timezone.now() - ACME_CHALLENGE_LIFETIME)
             ],
         }
 

@@ -1,0 +1,247 @@
+"""Let's Encrypt (any ACME directory) through the certbot CLI, HTTP-01 through the engine.
+
+`issue(cert_id)` runs `certbot certonly --manual` as a subprocess with our hooks
+(`manage.py acmehook auth|cleanup`): the auth hook stores an `AcmeChallenge` row (the
+commit bumps the revision, so every engine node answers the token within moments) and
+waits until the local engine serves it; the cleanup hook deletes the row. On success the
+PEMs certbot wrote are read into the `Certificate` (leaf, chain, key), whose save bumps
+the revision again so every engine node serves the new certificate.
+
+On failure the certificate gets certbot's own reason in words (`failure_reason()`): the
+ACME server's problem detail, never just "Internal Error". A certificate that is still
+valid keeps being served (status stays "valid"); otherwise its status becomes "error".
+
+`renew_due(now)` re-issues every ACME certificate that expires within `RENEW_BEFORE`.
+
+Progress (`Certificate.progress`) is written with `update()`, which does not bump the
+revision: queued -> validating -> issued | failed.
+
+Keys: certbot writes them under $GATEHOUSE_DATA_DIR/certbot (0700); they are read into
+the database and never logged.
+"""
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from manager.lib.validators import Invalid, certificate_names, certificate_with_key
+
+from .models import Certificate
+
+log = logging.getLogger(__name__)
+
+RENEW_BEFORE = timedelta(days=30)
+CERTBOT_TIMEOUT = 600         # seconds for one whole certbot run
+KEY_TYPE = ["--key-type", "ecdsa", "--elliptic-curve", "secp256r1"]
+
+_HINTS = {
+    "connection": "is port 80 of this proxy reachable from the internet under that name?",
+    "dns": "does the name exist in public DNS and point at this proxy?",
+    "unauthorized": "the answer the ACME server got was not ours: does the name point at this proxy "
+                    "(and not at another server or a router's page)?",
+    "caa": "a CAA DNS record forbids this certificate authority for the name.",
+    "rateLimited": "the certificate authority's rate limit was hit: wait before trying again.",
+    "rejectedIdentifier": "the certificate authority refuses to issue for this name.",
+}
+
+
+class AcmeError(Exception):
+    """An issuance that failed; the message is for the user."""
+
+
+def certbot_dir():
+    return Path(settings.DATA_DIR) / "certbot"
+
+
+def lineage_name(certificate):
+    """The certbot lineage (cert-name) of a certificate: its id, so renaming it is harmless."""
+    return f"gatehouse-{certificate.pk}"
+
+
+def certbot_executable():
+    sibling = Path(sys.executable).parent / "certbot"
+    if sibling.exists():
+        return [str(sibling)]
+    found = shutil.which("certbot")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())"]
+
+
+def hook_command(action):
+    return shlex.join([sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "acmehook", action])
+
+
+def check_domains(domains):
+    """Refuse what HTTP-01 cannot validate; returns the domains as a list."""
+    if not domains:
+        raise AcmeError("the certificate has no domain names")
+    wildcards = [d for d in domains if d.startswith("*.")]
+    if wildcards:
+        raise AcmeError(f"{', '.join(wildcards)}: wildcard names can only be validated with DNS-01, "
+                        "which this request does not use (HTTP-01 cannot prove control of a whole zone)")
+    return list(domains)
+
+
+def certbot_arguments(certificate, config, base):
+    """The certbot command line for one issuance (a list; no secrets in it)."""
+    args = certbot_executable() + [
+        "certonly", "--non-interactive", "--agree-tos", "--no-eff-email",
+        "--server", config.acme_directory,
+        "--config-dir", str(base / "config"), "--work-dir", str(base / "work"), "--logs-dir", str(base / "logs"),
+        "--max-log-backups", "20",
+        "--cert-name", lineage_name(certificate), "--force-renewal",
+        *KEY_TYPE,
+        "--manual", "--preferred-challenges", "http",
+        "--manual-auth-hook", hook_command("auth"), "--manual-cleanup-hook", hook_command("cleanup"),
+    ]
+    args += ["-m", config.acme_email] if config.acme_email else ["--register-unsafely-without-email"]
+    for domain in certificate.domains:
+        args += ["-d", domain]
+    return args
+
+
+def certbot_environment(certificate, config):
+    env = {**os.environ, "GATEHOUSE_CERTIFICATE_ID": str(certificate.pk)}
+    if config.acme_ca_bundle:
+        env["REQUESTS_CA_BUNDLE"] = config.acme_ca_bundle
+    return env
+
+
+def failure_reason(output):
+    """certbot's own reason for a failed run, in words a user can act on."""
+    problems = []
+    current = {}
+    for line in output.splitlines():
+        stripped = line.strip()
+        for field in ("Domain", "Type", "Detail"):
+            if stripped.startswith(field + ":"):
+                current[field] = stripped[len(field) + 1:].strip()
+                if field == "Detail":
+                    problems.append(current)
+                    current = {}
+    if problems:
+        parts = []
+        for problem in problems:
+            kind = problem.get("Type", "")
+            text = f"the ACME server could not validate {problem.get('Domain', 'the name')}"
+            text += f" ({kind}): {problem['Detail']}" if kind else f": {problem['Detail']}"
+            hint = _HINTS.get(kind)
+            parts.append(text + (f" - {hint}" if hint else ""))
+        return "\n".join(parts)
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    noise = ("Saving debug log", "Ask for help", "See the logfile", "Some challenges have failed",
+             "Requesting a certificate", "Missing command line flag", "Certbot failed to authenticate")
+    useful = [line for line in lines if not line.startswith(noise)]
+    for marker in ("An unexpected error occurred:", "Error:"):
+        for i, line in enumerate(useful):
+            if line.startswith(marker):
+                rest = line[len(marker):].strip() or " ".join(useful[i + 1:i + 3])
+                return f"certbot: {_readable(rest)}"
+    return "certbot: " + (_readable(" ".join(useful[-3:])) if useful else "failed without saying why")
+
+
+def _readable(text):
+    """certbot's wording of a few frequent transport errors, made plain."""
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("the ACME server's API certificate is not trusted (for a private ACME server such as "
+                "pebble or step-ca, set settings.acme.ca_bundle to its CA's PEM file): " + text)
+    if re.search(r"Max retries exceeded|Failed to establish a new connection|Connection refused", text):
+        return "the ACME directory could not be reached: " + text
+    return text
+
+
+def set_progress(cert_id, progress):
+    Certificate.objects.filter(pk=cert_id).update(progress=progress)
+
+
+def issue(cert_id, report=None):
+    """Request the certificate `cert_id` now; returns it with its new state. `report(text)`
+    receives progress lines (the foreground command prints them)."""
+    from manager.hosts.models import Settings
+
+    report = report or (lambda text: None)
+    certificate = Certificate.objects.get(pk=cert_id)
+    config = Settings.load()
+    set_progress(cert_id, "validating")
+    report(f"validating {', '.join(certificate.domains)} with {config.acme_directory}")
+    try:
+        check_domains(certificate.domains)
+        base = certbot_dir()
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            result = subprocess.run(
+                certbot_arguments(certificate, config, base), env=certbot_environment(certificate, config),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                timeout=CERTBOT_TIMEOUT, text=True)
+        except subprocess.TimeoutExpired:
+            raise AcmeError(f"certbot did not finish within {CERTBOT_TIMEOUT} s") from None
+        if result.returncode != 0:
+            log.info("certbot failed for certificate %s:\n%s", certificate.name, result.stdout)
+            raise AcmeError(failure_reason(result.stdout))
+        store_lineage(certificate, base / "config" / "live" / lineage_name(certificate))
+    except AcmeError as exc:
+        record_failure(certificate, str(exc))
+        report(f"failed: {exc}")
+        return certificate
+    report(f"issued, expires {certificate.expires_at:%Y-%m-%d %H:%M} UTC")
+    return certificate
+
+
+def store_lineage(certificate, live):
+    """Read certbot's fullchain/privkey into the certificate and save it (bumps the revision)."""
+    try:
+        fullchain = (live / "fullchain.pem").read_text()
+        key_pem = (live / "privkey.pem").read_text()
+    except OSError as exc:
+        raise AcmeError(f"certbot succeeded but its certificate files cannot be read: {exc}") from None
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", fullchain, re.S)
+    try:
+        leaf = certificate_with_key(fullchain, key_pem)
+    except Invalid as exc:
+        raise AcmeError(f"certbot wrote an unusable certificate: {exc}") from None
+    certificate.certificate_pem = blocks[0]
+    certificate.chain_pem = "".join(blocks[1:])
+    certificate.key_pem = key_pem
+    certificate.domains = certificate_names(leaf)
+    certificate.expires_at = leaf.not_valid_after_utc
+    certificate.status = "valid"
+    certificate.last_error = ""
+    certificate.progress = "issued"
+    certificate.save()
+
+
+def record_failure(certificate, reason):
+    """Keep serving a certificate that is still valid; otherwise mark it failed."""
+    still_valid = certificate.usable and certificate.expires_at and certificate.expires_at > timezone.now()
+    certificate.status = "valid" if still_valid else "error"
+    certificate.last_error = reason
+    certificate.progress = "failed"
+    certificate.save(update_fields=["status", "last_error", "progress", "updated_at"])
+
+
+def due_for_renewal(now=None):
+    now = now or timezone.now()
+    return Certificate.objects.filter(provider="letsencrypt", expires_at__isnull=False,
+                                      expires_at__lte=now + RENEW_BEFORE).exclude(certificate_pem="")
+
+
+def renew_due(now=None, report=None):
+    """Renew every ACME certificate expiring within RENEW_BEFORE; mark expired ones.
+    Returns {certificate name: progress}."""
+    now = now or timezone.now()
+    results = {}
+    for certificate in due_for_renewal(now):
+        results[certificate.name] = issue(certificate.pk, report=report).progress
+    for certificate in Certificate.objects.filter(status="valid", expires_at__lte=timezone.now()):
+        certificate.status = "expired"
+        certificate.save(update_fields=["status", "updated_at"])
+    return results
