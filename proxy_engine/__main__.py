@@ -29,7 +29,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m proxy_engine", description=__doc__.splitlines()[0])
     parser.add_argument("--document-file", required=True, help="JSON snapshot document (docs/snapshot.md)")
     parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--https-port", type=int, default=None)
+    parser.add_argument("--https-port", type=int, default=None, help="serve HTTPS (SNI, ALPN) on this port")
+    parser.add_argument("--default-certificate", default=None,
+                        help="PEM file (certificate + key) for TLS clients naming no known host "
+                             "(default: self-signed, made at start)")
     parser.add_argument("--bind", default="127.0.0.1", help="address(es), comma-separated")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--redis-url", default="")
@@ -44,7 +47,8 @@ def main(argv=None):
     return run(http_port=args.http_port, https_port=args.https_port, bind=args.bind,
                workers=args.workers, load_document=load_document, current_revision=current_revision,
                redis_url=args.redis_url or None, poll_interval=args.poll_interval,
-               record_upstream_errors=log_upstream_errors, access_log=args.access_log)
+               record_upstream_errors=log_upstream_errors, access_log=args.access_log,
+               default_certificate=args.default_certificate)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,12 @@ class UnsupportedScheme(UpstreamFailure):
     cause = "https upstreams are not supported yet"
 
 
+class TlsHandshakeFailed(UpstreamFailure):
+    """The upstream's certificate was not trusted or did not match its name, or the TLS
+    handshake failed otherwise; `detail` has OpenSSL's or service-identity's words."""
+    cause = "TLS handshake with the upstream failed"
+
+
 class ClientGone(UpstreamFailure):
     """Not an answer (nobody is left to read it): what a request is recorded as when its
     client closed the connection before the answer was complete."""

@@ -29,7 +29,7 @@ import logging
 import httptools
 from twisted.internet.protocol import Factory, Protocol
 
-from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, UnsupportedScheme, error_body
+from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
 from proxy_engine.headers import client_response_head, upstream_request_head
@@ -109,8 +109,9 @@ class ProxyFactory(Factory):
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
                  idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None,
-                 access_log=None):
+                 access_log=None, https_port=None):
         self.reactor = reactor
+        self.https_port = https_port     # served HTTPS port: force-HTTPS redirects (http factory only)
         self.access_log = access_log     # proxy_engine.accesslog.AccessLog, or None (off)
         self.pool = pool if pool is not None else UpstreamPool(reactor)
         self.events = events if events is not None else NullSink()
@@ -124,7 +125,7 @@ class ProxyFactory(Factory):
         self.active = 0
 
     def swap(self, snapshot):
-        router = Router(snapshot)
+        router = Router(snapshot, self.scheme, self.https_port)
         self.router = router
         addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
         addresses.update(u.address for h in snapshot.proxy_hosts for loc in h.locations for u in loc.upstreams)
@@ -403,6 +404,10 @@ class ProxyProtocol(Protocol):
         request.route = route
         kind = route.kind
         if kind == "proxy":
+            if route.force_https is not None:
+                location = b"https://" + normalize_host(host or b"") + route.force_https + path
+                self._respond(request, 301, b"", extra=b"Location: " + location + b"\r\n")
+                return
             max_body = route.max_body_size
             if max_body is not None:
                 if request.content_length is not None and request.content_length > max_body:
@@ -412,9 +417,6 @@ class ProxyProtocol(Protocol):
             query = path.find(b"?")
             group = route.select(path if query < 0 else path[:query])
             request.upstream = group.pick()
-            if request.upstream.scheme != "http":
-                self._upstream_error(request, UnsupportedScheme())
-                return
             if request.expect_continue and not request.complete:
                 self._write(_CONTINUE)
             request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
@@ -511,7 +513,7 @@ class ProxyProtocol(Protocol):
         reason = conn.reason or REASONS.get(status, b"")
         head = client_response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
-            b"X-Request-Id: %s\r\n%s" % (request.request_id, framing), connection)
+            b"X-Request-Id: %s\r\n%s%s" % (request.request_id, request.route.hsts, framing), connection)
         request.bytes_out += len(head)
         self._write(head)
 

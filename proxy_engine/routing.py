@@ -25,11 +25,21 @@ NOT_ACME = object()
 
 
 class ProxyRoute:
-    __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets")
+    __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts")
     kind = "proxy"
 
-    def __init__(self, host):
+    def __init__(self, host, scheme=b"http", https_port=None, tls=None):
         self.host = host
+        # Plain HTTP with force_https and a servable certificate: b"" or b":port" for the
+        # 301 to https; else None. HTTPS with hsts: the header line, else b"".
+        self.force_https = None
+        if (scheme == b"http" and host.ssl.force_https and https_port and tls is not None
+                and host.id in tls.served_hosts):
+            self.force_https = b"" if https_port == 443 else b":%d" % https_port
+        self.hsts = b""
+        if scheme == b"https" and host.ssl.hsts:
+            self.hsts = b"Strict-Transport-Security: max-age=31536000%s\r\n" % (
+                b"; includeSubDomains" if host.ssl.hsts_subdomains else b"")
         self.group = UpstreamGroup(host.upstreams)
         locations = []
         for loc in host.locations:
@@ -88,7 +98,7 @@ def normalize_host(raw):
 class Router:
     __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default", "acme")
 
-    def __init__(self, snapshot):
+    def __init__(self, snapshot, scheme=b"http", https_port=None):
         exact = {}
         wildcard = {}
 
@@ -98,7 +108,7 @@ class Router:
                 (wildcard if key.startswith(b"*.") else exact)[key] = route
 
         for host in snapshot.proxy_hosts:
-            add(host.domains, ProxyRoute(host))
+            add(host.domains, ProxyRoute(host, scheme, https_port, snapshot.tls))
         for host in snapshot.redirection_hosts:
             add(host.domains, RedirectRoute(host.to, host.code, host.preserve_path))
         dead = StaticRoute(404, NOT_FOUND_PAGE)

@@ -11,6 +11,13 @@ Worker lifecycle: STARTING (listening, 503 until the first good snapshot) -> SER
 DRAINING (on shutdown: stop accepting, wait up to `drain_timeout` for in-flight requests)
 -> stopped.
 
+HTTPS (`https_port`): the same requests through Twisted's TLS, certificates chosen by SNI
+(`proxy_engine.tls`). The `TlsServer` (default certificate, dispatching context) is made
+once, before forking, so every worker has the same session-ticket keys; each snapshot's TLS
+table is built with it in the reload thread. The HTTPS side has its own `ProxyFactory`
+(scheme https: X-Forwarded-Proto, HSTS) sharing the pool, the error sink, the request ids
+and the access log with the plain one (which gets the HTTPS port for force-HTTPS 301s).
+
 `load_document()` and `current_revision()` are blocking callables; they only ever run in
 the reactor's thread pool (see `proxy_engine.reload`). So does `record_upstream_errors(events,
 dropped)`, the writer of the upstream error sink (`proxy_engine.events`), when given; what
@@ -23,10 +30,12 @@ import signal
 import socket
 import time
 
+from proxy_engine import tls
 from proxy_engine.accesslog import open_access_log
 from proxy_engine.events import NullSink, UpstreamErrorSink
 from proxy_engine.protocol import ProxyFactory
 from proxy_engine.reload import ConfigWatcher
+from proxy_engine.snapshot import parse_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ def serve(reactor, factory, addresses, port, reuse_port=True):
     return ports
 
 
-def _drain(reactor, factory, ports, timeout):
+def _drain(reactor, factories, ports, timeout):
     from twisted.internet import defer
 
     for port in ports:
@@ -70,8 +79,8 @@ def _drain(reactor, factory, ports, timeout):
     deadline = reactor.seconds() + timeout
 
     def poll():
-        if factory.active <= 0 or reactor.seconds() >= deadline:
-            factory.pool.close_all()
+        if sum(f.active for f in factories) <= 0 or reactor.seconds() >= deadline:
+            factories[0].pool.close_all()
             done.callback(None)
         else:
             reactor.callLater(0.05, poll)
@@ -82,7 +91,7 @@ def _drain(reactor, factory, ports, timeout):
 
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
                poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None,
-               access_log="off"):
+               access_log="off", https_port=None, tls_server=None):
     """Run one reactor serving the engine until it is stopped (signals stop it).
 
     `access_log` is a path, "-" (stdout) or "off" (`proxy_engine.accesslog.open_access_log`).
@@ -94,16 +103,38 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
     reactor.suggestThreadPoolSize(4)
     events = UpstreamErrorSink(reactor, record_upstream_errors) if record_upstream_errors else NullSink()
     requests_log = open_access_log(reactor, access_log)
-    factory = ProxyFactory(reactor, events=events, access_log=requests_log)
-    watcher = ConfigWatcher(reactor, load_document, current_revision, factory.swap,
+    serve_https = bool(https_port and tls_server is not None)
+    factory = ProxyFactory(reactor, events=events, access_log=requests_log,
+                           https_port=https_port if serve_https else None)
+    factories = [factory]
+    if serve_https:
+        secure = ProxyFactory(reactor, pool=factory.pool, scheme=b"https", events=events,
+                              request_ids=factory.request_ids, access_log=requests_log)
+        secure.h2_protocol_class = _h2_protocol_class() if tls_server.h2_enabled else None
+        factories.append(secure)
+
+    def parse(document):                 # reload thread: the snapshot and its TLS table
+        return tls.attach(parse_snapshot(document), tls_server if serve_https else None)
+
+    def swap(snapshot):
+        if serve_https:
+            tls_server.swap(snapshot.tls)
+        factory.pool.client_tls = snapshot.tls.upstreams
+        for f in factories:
+            f.swap(snapshot)
+
+    watcher = ConfigWatcher(reactor, load_document, current_revision, swap, parse=parse,
                             redis_url=redis_url, poll_interval=poll_interval)
     ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
     log.info("engine worker %s listening on %s port %s", os.getpid(), ", ".join(addresses), http_port)
+    if serve_https:
+        ports += serve(reactor, tls.https_factory(tls_server, secure), addresses, https_port, reuse_port=reuse_port)
+        log.info("engine worker %s serving HTTPS on port %s", os.getpid(), https_port)
     reactor.callWhenRunning(watcher.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
     reactor.addSystemEventTrigger(
         "before", "shutdown",
-        lambda: _drain(reactor, factory, ports, drain_timeout).addCallback(lambda _: events.stop())
+        lambda: _drain(reactor, factories, ports, drain_timeout).addCallback(lambda _: events.stop())
         .addCallback(lambda _: requests_log.stop() if requests_log is not None else None))
     stopping = []
 
@@ -123,23 +154,41 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
         redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
-        record_upstream_errors=None, access_log="off"):
-    """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers."""
+        record_upstream_errors=None, access_log="off", default_certificate=None):
+    """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers.
+
+    `https_port` (None/0: no HTTPS); `default_certificate`: a PEM file with the certificate
+    and key of the TLS fallback (default: a self-signed one made at start).
+    """
     addresses = [a.strip() for a in bind.split(",") if a.strip()] or ["0.0.0.0"]
+    tls_server = None
     if https_port:
-        log.warning("HTTPS port %s is not served yet (TLS comes with the TLS issue)", https_port)
+        tls_server = tls.TlsServer(tls.default_certificate(default_certificate),
+                                   h2_enabled=_h2_protocol_class() is not None)
     kwargs = dict(http_port=http_port, addresses=addresses, load_document=load_document,
                   current_revision=current_revision, redis_url=redis_url,
                   poll_interval=poll_interval, drain_timeout=drain_timeout,
-                  record_upstream_errors=record_upstream_errors, access_log=access_log)
+                  record_upstream_errors=record_upstream_errors, access_log=access_log,
+                  https_port=https_port, tls_server=tls_server)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0
-    for address in addresses:           # fail fast, before forking, if the port is taken
-        listening_socket(address, http_port).close()
+    for address in addresses:           # fail fast, before forking, if a port is taken
+        for port in (http_port, https_port) if https_port else (http_port,):
+            listening_socket(address, port).close()
     if before_fork is not None:
         before_fork()
     return supervise(workers, lambda: run_worker(reuse_port=True, **kwargs))
+
+
+def _h2_protocol_class():
+    """The HTTP/2 protocol class when `proxy_engine.h2protocol` provides one (the TLS seam,
+    see `proxy_engine.tls`), else None: ALPN then never selects h2."""
+    try:
+        from proxy_engine.h2protocol import H2Protocol
+    except ImportError:
+        return None
+    return H2Protocol
 
 
 def _die_with_parent(parent):

@@ -20,15 +20,30 @@ While a read from the upstream is handled, the exchange is corked (`cork()`/`unc
 what it writes to its client (a response head and the body that arrived with it) leaves in
 one send. Writes go through `proxy_engine.fastio`, straight to the socket when nothing waits.
 
-`UpstreamPool` keeps idle connections per `(scheme, host, port)`, bounded by `idle_limit`;
+An https upstream is the same over Twisted's TLS (`connectSSL` with the connection creator
+from `proxy_engine.tls`: SNI, service-identity verification against `ca_pem` or the
+platform's roots, or none when `verify` is off). The request is written at once and leaves
+when the handshake is done; a connection lost to a TLS error before any response byte is
+`TlsHandshakeFailed` (502).
+
+`UpstreamPool` keeps idle connections per address (`Upstream.address`: `(scheme, host, port)`,
+plus the TLS options for https), bounded by `idle_limit`;
 connections idle longer than `idle_timeout` are closed by a lazy sweep. `retain()` drains
 the pools of addresses no longer in the served snapshot: idle connections at once, busy ones
 when their exchange ends.
 """
 import httptools
+from OpenSSL.SSL import Error as SSLError
+from service_identity import VerificationError
 from twisted.internet.protocol import ClientFactory, Protocol
 
-from proxy_engine.errors import BadResponse, ResponseTimeout, UpstreamReset, failure_for_connect_error
+from proxy_engine.errors import (
+    BadResponse,
+    ResponseTimeout,
+    TlsHandshakeFailed,
+    UpstreamReset,
+    failure_for_connect_error,
+)
 from proxy_engine.fastio import send, send_sequence
 
 CONNECTING, BUSY, IDLE, TUNNEL, CLOSED = "connecting", "busy", "idle", "tunnel", "closed"
@@ -157,6 +172,8 @@ class UpstreamConnection(Protocol):
             return
         if state is TUNNEL:
             exchange.upstream_closed()
+        elif not self.got_bytes and reason is not None and reason.check(SSLError, VerificationError):
+            exchange.upstream_failed(self, TlsHandshakeFailed(str(reason.value) or type(reason.value).__name__))
         elif self.head_done and self.content_length is None and not self.chunked and not self.no_body:
             exchange.upstream_done(self, False)        # response delimited by close
         else:
@@ -288,6 +305,7 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self.idle = {}
         self.served = None       # addresses of the served snapshot (None: keep every address)
+        self.client_tls = {}     # https address -> connection creator (proxy_engine.tls, per snapshot)
         self._sweep_call = None
 
     def acquire(self, upstream, connect_timeout, exchange):
@@ -306,7 +324,16 @@ class UpstreamPool:
 
     def connect(self, upstream, connect_timeout, exchange):
         attempt = _Connect(self, upstream.address, exchange)
-        attempt.connector = self.reactor.connectTCP(upstream.host, upstream.port, attempt, timeout=connect_timeout)
+        if upstream.scheme == "https":
+            creator = self.client_tls.get(upstream.address)
+            if creator is None:          # an address the served snapshot's table lacks
+                from proxy_engine.tls import client_creator
+                creator = self.client_tls[upstream.address] = client_creator(upstream)
+            attempt.connector = self.reactor.connectSSL(upstream.host, upstream.port, attempt, creator,
+                                                        timeout=connect_timeout)
+        else:
+            attempt.connector = self.reactor.connectTCP(upstream.host, upstream.port, attempt,
+                                                        timeout=connect_timeout)
         return attempt
 
     def release(self, conn):

@@ -31,7 +31,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--http-port", type=int, default=settings.HTTP_PORT)
         parser.add_argument("--https-port", type=int, default=settings.HTTPS_PORT,
-                            help="reserved: TLS is not served yet")
+                            help="HTTPS port (certificates by SNI from the database); 0 = no HTTPS")
         parser.add_argument("--bind", default="0.0.0.0",
                             help="address(es) to listen on, comma-separated; '::' is dual-stack")
         parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
