@@ -169,7 +169,8 @@ def runproxy(database_path, data_dir, redis_url="", poll_interval=None):
     port = free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{database_path}", "GATEHOUSE_DATA_DIR": str(data_dir),
            "REDIS_URL": redis_url, "DJANGO_SETTINGS_MODULE": "manager.settings"}
-    command = [sys.executable, "manage.py", "runproxy", "--http-port", str(port), "--bind", "127.0.0.1", "--workers", "1"]
+    command = [sys.executable, "manage.py", "runproxy", "--http-port", str(port), "--https-port", str(free_port()),
+               "--bind", "127.0.0.1", "--workers", "1"]
     if poll_interval is not None:
         command += ["--poll-interval", str(poll_interval)]
     return EngineProcess(command, port, env)
