@@ -122,21 +122,14 @@ def failure_reason(output):
     current = {}
     for line in output.splitlines():
         stripped = line.strip()
-        for field in ("Domain", "Type", "Detail"):
-            if stripped.startswith(field + ":"):
-                current[field] = stripped[len(field) + 1:].strip()
+        for label, field in (("Identifier", "Domain"), ("Domain", "Domain"), ("Type", "Type"), ("Detail", "Detail")):
+            if stripped.startswith(label + ":"):
+                current[field] = stripped[len(label) + 1:].strip()
                 if field == "Detail":
                     problems.append(current)
                     current = {}
     if problems:
-        parts = []
-        for problem in problems:
-            kind = problem.get("Type", "")
-            text = f"the ACME server could not validate {problem.get('Domain', 'the name')}"
-            text += f" ({kind}): {problem['Detail']}" if kind else f": {problem['Detail']}"
-            hint = _HINTS.get(kind)
-            parts.append(text + (f" - {hint}" if hint else ""))
-        return "\n".join(parts)
+        return "\n".join(_problem(p.get("Domain", "the name"), p.get("Type", ""), p["Detail"]) for p in problems)
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     noise = ("Saving debug log", "Ask for help", "See the logfile", "Some challenges have failed",
              "Requesting a certificate", "Missing command line flag", "Certbot failed to authenticate")
@@ -147,6 +140,22 @@ def failure_reason(output):
                 rest = line[len(marker):].strip() or " ".join(useful[i + 1:i + 3])
                 return f"certbot: {_readable(rest)}"
     return "certbot: " + (_readable(" ".join(useful[-3:])) if useful else "failed without saying why")
+
+
+# "Get "URL": dial tcp ...: connection refused" (pebble) or "IP: Fetching URL: Connection refused" (Boulder)
+_FETCH = re.compile(r'^(?:Get "(?P<get>[^"]+)"|(?:\S+: )?Fetching (?P<fetch>\S+?)):\s*(?P<cause>.*)$')
+
+
+def _problem(domain, kind, detail):
+    """One ACME problem (from certbot's report) as a sentence with a hint."""
+    fetch = _FETCH.match(detail)
+    if fetch:
+        url = fetch.group("get") or fetch.group("fetch")
+        text = f"{domain}: the ACME server could not reach {url}: {fetch.group('cause')}"
+    else:
+        text = f"{domain}: the ACME server could not validate the name" + (f" ({kind})" if kind else "") + f": {detail}"
+    hint = _HINTS.get(kind)
+    return text + (f" - {hint}" if hint else "")
 
 
 def _readable(text):

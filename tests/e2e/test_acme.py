@@ -1,0 +1,247 @@
+"""One-click certificates against the real thing: pebble (Let's Encrypt's test CA) validates
+HTTP-01 against the real engine (pebble's httpPort is the engine's port), names resolve to
+127.0.0.1 through pebble-challtestsrv, certbot runs as a subprocess with our hooks, and the
+Celery path runs in a real worker process."""
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from manager.certificates.acme import issue
+from manager.certificates.models import AcmeChallenge, Certificate
+from manager.certificates.tasks import renew_due_certificates
+from manager.hosts.models import Settings
+from tests.live import ROOT, RedisServer, free_port, runproxy
+
+pytestmark = [
+    pytest.mark.e2e, pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not shutil.which("pebble") or not shutil.which("pebble-challtestsrv"),
+                       reason="pebble is not installed (apt-get install pebble)"),
+]
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_api_certificate(directory):
+    """The TESTING.md recipe: a throwaway CA and pebble's API certificate for 127.0.0.1."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "api.csr", "-subj", "/CN=localhost")
+    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                       "extendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "api.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf")
+
+
+class Pebble:
+    def __init__(self, directory, http_port, dns_port):
+        self.directory = directory
+        self.ca_bundle = str(directory / "ca.pem")
+        self.listen = free_port()
+        self.management = free_port()
+        (directory / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.listen}", "managementListenAddress": f"127.0.0.1:{self.management}",
+            "certificate": "cert.pem", "privateKey": "key.pem", "httpPort": http_port, "tlsPort": free_port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+        self.proc = subprocess.Popen(["pebble", "-config", "pebble.json", "-dnsserver", f"127.0.0.1:{dns_port}",
+                                      "-strict=false"], cwd=directory, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.context = ssl.create_default_context(cafile=self.ca_bundle)
+        wait_until(lambda: self.get(f"https://127.0.0.1:{self.listen}/dir"), 20, "pebble")
+
+    @property
+    def directory_url(self):
+        return f"https://127.0.0.1:{self.listen}/dir"
+
+    def get(self, url):
+        with urllib.request.urlopen(url, context=self.context, timeout=5) as response:
+            return response.read()
+
+    def root(self):
+        return x509.load_pem_x509_certificate(self.get(f"https://127.0.0.1:{self.management}/roots/0"))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class ChallTestSrv:
+    def __init__(self):
+        self.dns = free_port()
+        self.management = free_port()
+        self.proc = subprocess.Popen(
+            ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "",
+             "-tlsalpn01", "", "-management", f"127.0.0.1:{self.management}", "-defaultIPv4", "127.0.0.1",
+             "-defaultIPv6", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.post("/clear-a", {"host": "probe.example.test"}), 20, "challtestsrv")
+
+    def post(self, path, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.management}{path}", data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, django_db_setup):
+    """Redis, the engine, challtestsrv and pebble, plus the environment certbot's hooks and the
+    worker inherit (the same SQLite file, Redis and engine port as this process)."""
+    base = tmp_path_factory.mktemp("acme")
+    make_api_certificate(base)
+    redis = RedisServer(base).start()
+    database = connection.settings_dict["NAME"]
+    engine = runproxy(database, base / "engine-data", redis_url=redis.url)
+    dns = ChallTestSrv()
+    pebble = Pebble(base, engine.port, dns.dns)
+    data_dir = base / "data"
+    data_dir.mkdir()
+    env = {"DATABASE_URL": f"sqlite:///{database}", "REDIS_URL": redis.url, "GATEHOUSE_DATA_DIR": str(data_dir),
+           "GATEHOUSE_HTTP_PORT": str(engine.port), "DJANGO_SETTINGS_MODULE": "manager.settings"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with override_settings(REDIS_URL=redis.url, DATA_DIR=data_dir, HTTP_PORT=engine.port):
+            engine.wait_for(lambda response, body: b"no host configured" in body, host="nothing.example.test")
+            yield {"engine": engine, "pebble": pebble, "dns": dns, "redis": redis, "env": env, "base": base}
+    for part in (pebble, dns, redis):
+        part.stop()
+    engine.stop()
+
+
+@pytest.fixture
+def acme_settings(world):
+    config = Settings.load()
+    config.acme_email = "admin@example.test"
+    config.acme_directory = world["pebble"].directory_url
+    config.acme_ca_bundle = world["pebble"].ca_bundle
+    config.save()
+    return config
+
+
+def new_certificate(name, *domains):
+    return Certificate.objects.create(name=name, provider="letsencrypt", domains=list(domains))
+
+
+def verify_chain(certificate, root):
+    """Each certificate of leaf + chain is signed by the next, the last by pebble's root."""
+    chain = x509.load_pem_x509_certificates((certificate.certificate_pem + certificate.chain_pem).encode())
+    for child, parent in zip(chain, chain[1:] + [root]):
+        key = parent.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(child.signature_hash_algorithm))
+        else:
+            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), child.signature_hash_algorithm)
+    return chain[0]
+
+
+def test_it_issues_a_certificate_through_the_engine_that_verifies_against_pebbles_root(world, acme_settings):
+    certificate = new_certificate("app", "app.example.test")
+    lines = []
+    certificate = issue(certificate.pk, report=lines.append)
+    assert certificate.last_error == ""
+    assert (certificate.status, certificate.progress) == ("valid", "issued")
+    assert lines[0].startswith("validating app.example.test") and lines[-1].startswith("issued")
+    leaf = verify_chain(certificate, world["pebble"].root())
+    assert certificate.domains == ["app.example.test"]
+    assert certificate.expires_at == leaf.not_valid_after_utc
+    assert "PRIVATE KEY" in certificate.key_pem
+    assert not AcmeChallenge.objects.exists(), "the cleanup hook removes the token"
+
+
+def test_a_failed_validation_records_the_acme_servers_reason(world, acme_settings):
+    # The name resolves to 127.0.0.2, where nothing listens: pebble's connection is refused.
+    world["dns"].post("/add-a", {"host": "down.example.test", "addresses": ["127.0.0.2"]})
+    certificate = issue(new_certificate("down", "down.example.test").pk)
+    assert (certificate.status, certificate.progress) == ("error", "failed")
+    assert certificate.last_error.startswith("down.example.test: the ACME server could not reach http://down.example.test")
+    assert "/.well-known/acme-challenge/" in certificate.last_error
+    assert "connection refused" in certificate.last_error
+    assert Certificate.objects.get(pk=certificate.pk).last_error == certificate.last_error
+
+
+def test_a_wildcard_is_refused_before_certbot_runs(world, acme_settings):
+    certificate = issue(new_certificate("wild", "*.example.test").pk)
+    assert certificate.status == "error"
+    assert "DNS-01" in certificate.last_error
+
+
+def test_renewal_replaces_a_certificate_close_to_expiry(world, acme_settings):
+    certificate = issue(new_certificate("renew", "renew.example.test").pk)
+    first_serial = x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).serial_number
+    assert renew_due_certificates() == {}, "nothing is due yet"
+
+    Certificate.objects.filter(pk=certificate.pk).update(expires_at=timezone.now() + timedelta(days=10))
+    assert renew_due_certificates() == {"renew": "issued"}
+    renewed = Certificate.objects.get(pk=certificate.pk)
+    assert x509.load_pem_x509_certificate(renewed.certificate_pem.encode()).serial_number != first_serial
+    assert renewed.expires_at > timezone.now() + timedelta(days=30)
+    verify_chain(renewed, world["pebble"].root())
+
+
+def test_a_failed_renewal_is_recorded_and_the_old_certificate_kept(world, acme_settings):
+    certificate = issue(new_certificate("keep", "keep.example.test").pk)
+    old_pem = certificate.certificate_pem
+    Certificate.objects.filter(pk=certificate.pk).update(expires_at=timezone.now() + timedelta(days=5))
+    world["dns"].post("/add-a", {"host": "keep.example.test", "addresses": ["127.0.0.2"]})
+    try:
+        assert renew_due_certificates() == {"keep": "failed"}
+    finally:
+        world["dns"].post("/clear-a", {"host": "keep.example.test"})
+    kept = Certificate.objects.get(pk=certificate.pk)
+    assert (kept.status, kept.certificate_pem) == ("valid", old_pem)
+    assert "keep.example.test" in kept.last_error
+
+
+def test_requestcert_queue_is_issued_by_a_real_celery_worker(world, acme_settings):
+    env = {**os.environ, **world["env"]}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "manager", "worker", "--pool", "solo", "--concurrency", "1",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        queued = subprocess.run([sys.executable, "manage.py", "requestcert", "queued", "-d", "queued.example.test",
+                                 "--queue"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert queued.returncode == 0, queued.stderr
+        assert "queued (task " in queued.stdout
+        wait_until(lambda: Certificate.objects.get(name="queued").progress in ("issued", "failed"), 90,
+                   "the worker to issue the certificate")
+        certificate = Certificate.objects.get(name="queued")
+        assert (certificate.status, certificate.progress, certificate.last_error) == ("valid", "issued", "")
+        verify_chain(certificate, world["pebble"].root())
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
