@@ -60,11 +60,11 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Factory, Protocol
 
-from proxy_engine.errors import CLIENT_ERRORS, ClientGone, UnsupportedScheme, error_body
+from proxy_engine.errors import CLIENT_ERRORS, ClientGone, error_body
 from proxy_engine.fastio import send
 from proxy_engine.headers import HOP_BY_HOP, connection_tokens, upstream_request_head
-from proxy_engine.pages import STARTING_PAGE
-from proxy_engine.routing import normalize_host
+from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
+from proxy_engine.routing import NOT_ACME, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
 
 OPEN, DRAINING, CLOSED = "open", "draining", "closed"
@@ -82,6 +82,7 @@ _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 _RESPONSE_DROP = HOP_BY_HOP | frozenset((b"content-length",))
 _HTML = b"text/html; charset=utf-8"
+_TEXT = b"text/plain"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _NO_ERROR = ErrorCodes.NO_ERROR
@@ -142,6 +143,12 @@ def response_headers(status, headers, request_id, content_length):
     if content_length is not None and status != 204:
         out.append((b"content-length", b"%d" % content_length))
     return out
+
+
+def header_pair(line):
+    """(lower-case name, value) of one b"Name: value\\r\\n" line."""
+    name, _, value = line.rstrip(b"\r\n").partition(b":")
+    return name.lower(), value.strip()
 
 
 class H2Factory(Factory):
@@ -265,6 +272,9 @@ class H2Stream:
         self.status = status
         self.state = STREAMING
         headers = response_headers(status, conn.headers, self.request_id, conn.content_length)
+        hsts = self.route.hsts
+        if hsts:
+            headers.append(header_pair(hsts))
         self.bytes_out += sum(len(n) + len(v) + 4 for n, v in headers)
         self.proto.h2.send_headers(self.stream_id, headers)
 
@@ -331,6 +341,7 @@ class H2Stream:
         self.method, self.target, self.host, self.headers = method, path, host, headers
         self.content_length, self.head_size = content_length, size
         self.is_head = method == b"HEAD"
+        self.wants_json = any(n == b"accept" and b"json" in v for n, _, v in headers)
         factory = proto.factory
         if size > factory.max_head_size or len(headers) > factory.max_headers:
             self.refuse(431)
@@ -346,10 +357,21 @@ class H2Stream:
         if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
             self.refuse(400)
             return
+        challenge = router.challenge(path)     # ACME HTTP-01, for any host, before any route
+        if challenge is not NOT_ACME:
+            if challenge is None:
+                self.respond(404, NOT_FOUND_PAGE)
+            else:
+                self.respond(200, challenge, content_type=_TEXT)
+            return
         route = router.route(normalize_host(host))
         self.route = route
         kind = route.kind
         if kind == "proxy":
+            if route.force_https is not None:
+                location = b"https://" + normalize_host(host) + route.force_https + path
+                self.respond(301, b"", ((b"location", location),))
+                return
             max_body = route.max_body_size
             if max_body is not None:
                 if content_length is not None and content_length > max_body:
@@ -358,10 +380,6 @@ class H2Stream:
                 self.max_body = max_body
             query = path.find(b"?")
             self.upstream = upstream = route.select(path if query < 0 else path[:query]).pick()
-            if upstream.scheme != "http":
-                self._upstream_error(UnsupportedScheme())
-                return
-            self.wants_json = any(n == b"accept" and b"json" in v for n, _, v in headers)
             if not ended and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in headers):
                 proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
             self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
@@ -422,15 +440,13 @@ class H2Stream:
         """A client error answered with its page (the request body is not read)."""
         self.respond(status, None, cause=CLIENT_ERRORS.get(status, "The request was refused."))
 
-    def respond(self, status, body, extra=(), cause=None):
+    def respond(self, status, body, extra=(), cause=None, content_type=_HTML):
         """A local answer: a page, a redirect, or an error page when `cause` is given."""
         self.responded = True
         self.status = status
         if cause is not None:
             self.cause = cause
             content_type, body = error_body(status, cause, self.wants_json, self.request_id)
-        else:
-            content_type = _HTML
         headers = [(b":status", b"%d" % status), (b"content-type", content_type),
                    (b"content-length", b"%d" % len(body)), (b"x-request-id", self.request_id)]
         headers += extra

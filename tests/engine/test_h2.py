@@ -1,5 +1,13 @@
 """HTTP/2 clients (proxy_engine.h2protocol): an h2 client-side connection talks to H2Protocol
-over StringTransports on a MemoryReactorClock; upstreams are StringTransports too."""
+over StringTransports on a MemoryReactorClock; upstreams are StringTransports too. At the end,
+the engine as a process answers curl --http2 over TLS (ALPN h2)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -11,7 +19,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from proxy_engine.h2protocol import STREAM_WINDOW, H2Protocol, request_from_headers, response_headers
+from proxy_engine.snapshot import parse_snapshot
 from tests.engine.support import Harness, document
+from tests.engine.test_process import write_doc
+from tests.live import EngineProcess, free_port, start_upstream, stop_upstream
 
 
 class ListLog:
@@ -384,3 +395,88 @@ def test_response_headers_drop_hop_by_hop_and_what_connection_names():
                (b"keep-alive", b"Keep-Alive", b"5"), (b"set-cookie", b"Set-Cookie", b"a=1")]
     assert response_headers(200, headers, b"r-1", 10) == [
         (b":status", b"200"), (b"set-cookie", b"a=1"), (b"x-request-id", b"r-1"), (b"content-length", b"10")]
+
+
+def test_hsts_goes_out_on_https_answers_from_the_upstream():
+    doc = document()
+    doc["proxy_hosts"][0]["ssl"] = {"certificate": None, "force_https": False, "http2": True, "hsts": True,
+                                    "hsts_subdomains": True}
+    h = Harness(doc)
+    h.factory.scheme = b"https"
+    h.factory.swap(parse_snapshot(doc))
+    c = H2Client(h)
+    sid = c.request()
+    _, up, ut = h.connect_upstream()
+    assert b"X-Forwarded-Proto: https\r\n" in ut.value()
+    up.dataReceived(OK)
+    c.pump()
+    assert c.answers[sid].header(b"strict-transport-security") == b"max-age=31536000; includeSubDomains"
+
+
+def test_an_acme_challenge_is_answered_for_any_host():
+    doc = document(acme_challenges=[{"token": "tok", "key_authorization": "tok.key"}])
+    h, c = setup(doc)
+    sid = c.request(b"/.well-known/acme-challenge/tok", authority=b"nobody.example.test")
+    assert (c.answers[sid].status, c.answers[sid].data) == (200, b"tok.key")
+
+
+# -- the engine as a process: curl --http2 over TLS (ALPN h2) ---------------------------------
+
+@pytest.fixture(scope="module")
+def tls_engine(tmp_path_factory):
+    if not shutil.which("curl") or "HTTP2" not in subprocess.run(
+            ["curl", "--version"], capture_output=True, text=True).stdout:
+        pytest.skip("curl with HTTP/2 is not installed")
+    tmp = tmp_path_factory.mktemp("h2")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("app.example.test")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    upstream = start_upstream("plain")
+    doc = {
+        "revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
+        "proxy_hosts": [{
+            "id": 1, "domains": ["app.example.test"], "max_body_size": None, "locations": [],
+            "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": upstream.server_address[1], "weight": 1}],
+            "ssl": {"certificate": "app", "force_https": False, "http2": True, "hsts": False,
+                    "hsts_subdomains": False}}],
+        "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
+        "certificates": [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
+                          "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
+    }
+    write_doc(tmp / "snapshot.json", doc)
+    http_port, https_port = free_port(), free_port()
+    engine = EngineProcess(
+        [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
+         str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"], http_port)
+    engine.wait_for(lambda r, d: r.status != 503)
+    yield tmp, https_port
+    engine.stop()
+    stop_upstream(upstream)
+
+
+def curl(tls_engine, *args):
+    tmp, port = tls_engine
+    result = subprocess.run(
+        ["curl", "-s", "--http2", "--cacert", str(tmp / "ca.pem"), "--resolve", f"app.example.test:{port}:127.0.0.1",
+         "-w", "\n%{http_version} %{response_code}", *args], capture_output=True, text=True, timeout=20)
+    body, _, status = result.stdout.rpartition("\n")
+    return status, body
+
+
+def test_curl_gets_http2_through_alpn_and_the_request_reaches_the_upstream(tls_engine):
+    _, port = tls_engine
+    status, body = curl(tls_engine, f"https://app.example.test:{port}/h2?x=1")
+    assert status == "2 200"
+    seen = json.loads(body)
+    assert seen["path"] == "/h2?x=1" and seen["headers"]["host"] == f"app.example.test:{port}"
+    assert seen["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_curl_posts_a_body_and_fetches_several_urls_on_one_http2_connection(tls_engine):
+    tmp, port = tls_engine
+    (tmp / "payload").write_bytes(b"z" * 300_000)
+    status, body = curl(tls_engine, "--data-binary", f"@{tmp / 'payload'}", f"https://app.example.test:{port}/upload")
+    assert status == "2 200" and json.loads(body)["length"] == 300_000
+    status, body = curl(tls_engine, "--parallel", f"https://app.example.test:{port}/a",
+                        f"https://app.example.test:{port}/chunked")
+    assert body.count('"path": "/a"') == 1 and body.count("piece-4;") == 100
