@@ -2,6 +2,7 @@
 HTTP-01 against the real engine (pebble's httpPort is the engine's port), names resolve to
 127.0.0.1 through pebble-challtestsrv, certbot runs as a subprocess with our hooks, and the
 Celery path runs in a real worker process."""
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding
+from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
@@ -164,13 +166,14 @@ def verify_chain(certificate, root):
     return chain[0]
 
 
-def test_it_issues_a_certificate_through_the_engine_that_verifies_against_pebbles_root(world, acme_settings):
-    certificate = new_certificate("app", "app.example.test")
-    lines = []
-    certificate = issue(certificate.pk, report=lines.append)
-    assert certificate.last_error == ""
-    assert (certificate.status, certificate.progress) == ("valid", "issued")
-    assert lines[0].startswith("validating app.example.test") and lines[-1].startswith("issued")
+def test_requestcert_issues_a_certificate_through_the_engine_that_verifies_against_pebbles_root(world, acme_settings):
+    out = io.StringIO()
+    call_command("requestcert", "app", "-d", "app.example.test", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("app: validating app.example.test with https://127.0.0.1:")
+    assert lines[-1].startswith("app: issued, expires ")
+    certificate = Certificate.objects.get(name="app")
+    assert (certificate.status, certificate.progress, certificate.last_error) == ("valid", "issued", "")
     leaf = verify_chain(certificate, world["pebble"].root())
     assert certificate.domains == ["app.example.test"]
     assert certificate.expires_at == leaf.not_valid_after_utc
