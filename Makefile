@@ -67,6 +67,7 @@ bench: $(TEST_STAMP)
 	$(VENV_PY) bench/engine_latency.py
 	$(VENV_PY) bench/engine_stream.py
 	$(VENV_PY) bench/engine_idle.py
+	$(VENV_PY) bench/engine_tls.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache staticfiles
