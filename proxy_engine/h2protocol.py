@@ -393,6 +393,9 @@ class H2Stream:
 
     def request_data(self, data, flow_length):
         self.unacked += flow_length
+        if self.state is ENDING and self.conn is None:
+            self._acknowledge()          # answered already: the rest of the body is not read
+            return
         size = self.body_bytes + len(data)
         self.body_bytes = size
         max_body = self.max_body
@@ -427,14 +430,15 @@ class H2Stream:
             self.producing = False
 
     def client_gone(self):
-        """The client reset the stream or closed the connection before the end."""
+        """The client reset the stream or closed the connection before the end (nothing
+        more may be sent on the stream)."""
         if self.state is DONE:
             return
         self._detach(abort=True)
         if not self.responded and self.route is not None and self.route.kind == "proxy":
             self._record(ClientGone())
         self.status = 499
-        self._done(reset=False)
+        self._done(reset=True)
 
     def refuse(self, status):
         """A client error answered with its page (the request body is not read)."""
@@ -773,11 +777,7 @@ class H2Protocol(Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = _NO_ERROR
-        if not self.corked:
-            data = self.h2.data_to_send()
-            send(self.transport, data + frame.serialize())
-        else:
-            self.send_pending()
+        send(self.transport, self.h2.data_to_send() + frame.serialize())
         if not self.streams:
             self._close()
 

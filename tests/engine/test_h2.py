@@ -264,6 +264,16 @@ def test_a_client_reset_aborts_the_upstream_and_logs_499():
     assert c.answers[other].data == b"hi"
 
 
+def test_a_client_reset_during_an_upload_aborts_the_upstream_and_keeps_the_connection():
+    h, c = setup()
+    sid = c.request(b"/up", method=b"POST", end=False)
+    c.send(sid, b"part")
+    _, up, ut = h.connect_upstream()
+    c.reset(sid)
+    assert ut.disconnecting and h.factory.access_log.entries[0][4] == 499
+    assert not c.transport.disconnecting and c.server.streams == {}
+
+
 def test_a_connection_specific_header_resets_the_stream_with_protocol_error():
     h, c = setup()
     c.h2.config.validate_outbound_headers = c.h2.config.normalize_outbound_headers = False
