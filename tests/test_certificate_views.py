@@ -1,5 +1,8 @@
+import os
+
 import pytest
 import trustme
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -110,3 +113,48 @@ def test_deleting_requires_post_and_refuses_a_certificate_in_use(as_user, pems):
     ProxyHost.objects.all().delete()
     browser.post(f"/certificates/{cert.pk}/delete/")
     assert not Certificate.objects.filter(pk=cert.pk).exists()
+
+
+def queued_tasks():
+    """Task messages the view handed to the real (filesystem) Celery broker."""
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_out"]
+    return [open(os.path.join(folder, name), encoding="utf-8", errors="replace").read() for name in os.listdir(folder)]
+
+
+@pytest.fixture
+def empty_broker():
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_out"]
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+
+
+def test_requesting_a_certificate_creates_it_and_queues_the_issuance(as_user, empty_broker):
+    browser = as_user(user("admin", superuser=True))
+    response = browser.post("/certificates/request/", {"name": "home", "domains": "App.Home.test\nnas.home.test, app.home.test"})
+    cert = Certificate.objects.get(name="home")
+    assert response.status_code == 302 and response["Location"] == f"/certificates/{cert.pk}/"
+    assert (cert.provider, cert.domains, cert.progress) == ("letsencrypt", ["app.home.test", "nas.home.test"], "queued")
+    (message,) = queued_tasks()
+    assert "manager.certificates.tasks.issue_certificate" in message
+    state = browser.get(f"/certificates/{cert.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert "queued" in state and 'hx-trigger="every 2s"' in state
+
+
+def test_a_wildcard_request_is_refused_with_the_reason(as_user, empty_broker):
+    response = as_user(user("admin", superuser=True)).post("/certificates/request/", {"name": "wild", "domains": "*.home.test"})
+    assert response.status_code == 200
+    assert "only be validated with DNS-01" in " ".join(response.context["form"].errors["domains"])
+    assert not Certificate.objects.exists() and queued_tasks() == []
+
+
+def test_renewing_needs_post_and_change_permission_and_an_acme_certificate(as_user, pems, empty_broker):
+    acme_cert = Certificate.objects.create(name="home", provider="letsencrypt", domains=["app.home.test"], status="valid")
+    custom = Certificate.objects.create(name="nas", provider="custom", domains=["nas.home.test"], status="valid")
+    viewer = as_user(user("viewer", "view_certificate"))
+    assert viewer.post(f"/certificates/{acme_cert.pk}/renew/").status_code == 403
+    admin = as_user(user("admin", superuser=True))
+    assert admin.get(f"/certificates/{acme_cert.pk}/renew/").status_code == 405
+    assert b"upload a new one instead" in admin.post(f"/certificates/{custom.pk}/renew/", follow=True).content
+    admin.post(f"/certificates/{acme_cert.pk}/renew/")
+    acme_cert.refresh_from_db()
+    assert acme_cert.progress == "queued" and len(queued_tasks()) == 1

@@ -86,3 +86,38 @@ class CustomCertificateForm(forms.Form):
             chain_pem=self.cleaned_data["chain_pem"], expires_at=expires,
             status="valid" if expires > timezone.now() else "expired", owner=owner,
         )
+
+
+class LetsEncryptForm(forms.Form):
+    """Request a certificate from the configured ACME directory (HTTP-01 through the engine)."""
+
+    name = forms.SlugField(max_length=100, help_text="A short name, used by hosts to pick this certificate.")
+    domains = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}),
+                              help_text="One name per line. Wildcards (*.example.com) need DNS-01, which is not available yet.")
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        if Certificate.objects.filter(name=name).exists():
+            raise ValidationError(f"a certificate named {name!r} already exists")
+        return name
+
+    def clean_domains(self):
+        from .acme import AcmeError, check_domains
+
+        names, errors = [], []
+        for line in self.cleaned_data["domains"].replace(",", "\n").splitlines():
+            if line.strip():
+                try:
+                    names.append(validators.hostname(line))
+                except validators.Invalid as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise ValidationError(errors)
+        try:
+            return check_domains(list(dict.fromkeys(names)))
+        except AcmeError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def save(self, owner):
+        return Certificate.objects.create(name=self.cleaned_data["name"], provider="letsencrypt",
+                                          domains=self.cleaned_data["domains"], owner=owner)

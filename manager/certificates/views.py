@@ -11,7 +11,8 @@ from django.views.decorators.http import require_POST
 
 from manager.lib import validators
 
-from .forms import CustomCertificateForm
+from . import acme
+from .forms import CustomCertificateForm, LetsEncryptForm
 from .models import Certificate
 
 
@@ -38,9 +39,44 @@ def certificate_detail(request, pk):
             issuer = leaf.issuer.rfc4514_string()
         except validators.Invalid:
             issuer = None
-    return render(request, "certificates/detail.html", {
-        "certificate": certificate, "issuer": issuer, "hosts": certificate.proxy_hosts.all(),
+    template = "certificates/_state.html" if request.htmx else "certificates/detail.html"
+    return render(request, template, {
+        "certificate": certificate, "cert": certificate, "issuer": issuer, "hosts": certificate.proxy_hosts.all(),
     })
+
+
+def _queue(certificate):
+    from .tasks import issue_certificate
+
+    acme.set_progress(certificate.pk, "queued")
+    issue_certificate.delay(certificate.pk)
+
+
+@login_required
+@_can("add")
+def certificate_request(request):
+    form = LetsEncryptForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        certificate = form.save(owner=request.user)
+        _queue(certificate)
+        messages.success(request, f"Certificate {certificate.name} requested; this page shows its progress.")
+        return redirect("certificates:detail", pk=certificate.pk)
+    return render(request, "certificates/request.html", {"form": form})
+
+
+@login_required
+@_can("change")
+@require_POST
+def certificate_renew(request, pk):
+    certificate = get_object_or_404(Certificate, pk=pk)
+    if certificate.provider != "letsencrypt":
+        messages.error(request, f"{certificate.name} is an uploaded certificate: upload a new one instead.")
+    elif certificate.progress in ("queued", "validating"):
+        messages.error(request, f"{certificate.name} is already being requested.")
+    else:
+        _queue(certificate)
+        messages.success(request, f"Renewal of {certificate.name} queued.")
+    return redirect("certificates:detail", pk=pk)
 
 
 @login_required
