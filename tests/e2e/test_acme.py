@@ -2,10 +2,12 @@
 HTTP-01 against the real engine (pebble's httpPort is the engine's port), names resolve to
 127.0.0.1 through pebble-challtestsrv, certbot runs as a subprocess with our hooks, and the
 Celery path runs in a real worker process."""
+import http.client
 import io
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.serialization import Encoding
 from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
@@ -24,8 +27,8 @@ from django.utils import timezone
 from manager.certificates.acme import issue
 from manager.certificates.models import AcmeChallenge, Certificate
 from manager.certificates.tasks import renew_due_certificates
-from manager.hosts.models import Settings
-from tests.live import ROOT, RedisServer, free_port, runproxy
+from manager.hosts.models import ProxyHost, Settings
+from tests.live import ROOT, RedisServer, free_port, runproxy, start_upstream, stop_upstream
 
 pytestmark = [
     pytest.mark.e2e, pytest.mark.django_db(transaction=True),
@@ -179,6 +182,31 @@ def test_requestcert_issues_a_certificate_through_the_engine_that_verifies_again
     assert certificate.expires_at == leaf.not_valid_after_utc
     assert "PRIVATE KEY" in certificate.key_pem
     assert not AcmeChallenge.objects.exists(), "the cleanup hook removes the token"
+
+    # The engine serves it over HTTPS; a client trusting only pebble's root accepts the chain.
+    upstream = start_upstream("app")
+    try:
+        ProxyHost.objects.create(domains=["app.example.test"], certificate=certificate, upstreams=[
+            {"scheme": "http", "host": "127.0.0.1", "port": upstream.server_address[1], "weight": 1}])
+        context = ssl.create_default_context(cadata=world["pebble"].root().public_bytes(Encoding.PEM).decode())
+        wait_until(lambda: https_get(world["engine"], context, "app.example.test").startswith(b"{"), 10,
+                   "the engine to serve the issued certificate")
+    finally:
+        stop_upstream(upstream)
+
+
+def https_get(engine, context, name):
+    https_port = int(engine.proc.args[engine.proc.args.index("--https-port") + 1])
+    with socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw:
+        try:
+            sock = context.wrap_socket(raw, server_hostname=name)
+        except ssl.SSLError:
+            return b""            # still the self-signed default certificate: not reloaded yet
+        with sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return response.read()
 
 
 def test_a_failed_validation_records_the_acme_servers_reason(world, acme_settings):
