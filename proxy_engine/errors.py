@@ -62,10 +62,6 @@ class BadResponse(UpstreamFailure):
     cause = "the upstream service sent an invalid response"
 
 
-class UnsupportedScheme(UpstreamFailure):
-    cause = "https upstreams are not supported yet"
-
-
 class TlsHandshakeFailed(UpstreamFailure):
     """The upstream's certificate was not trusted or did not match its name, or the TLS
     handshake failed otherwise; `detail` has OpenSSL's or service-identity's words."""
