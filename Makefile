@@ -57,8 +57,17 @@ run: $(RUN_STAMP)
 	$(VENV_PY) -m manager.launcher
 
 # pytest's own exit status is make's: 1 for failures, 5 when no test ran (both fail).
-test: $(TEST_STAMP)
-	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+# sslyze needs an older cryptography than Gatehouse: it gets a venv of its own.
+SSLYZE_VENV  := .venv-sslyze
+SSLYZE_STAMP := $(SSLYZE_VENV)/.requirements.stamp
+
+$(SSLYZE_STAMP): requirements-sslyze.txt | $(VENV_PY)
+	"$$($(VENV_PY) -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')" -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-sslyze.txt
+	@touch $@
+
+test: $(TEST_STAMP) $(SSLYZE_STAMP)
+	SSLYZE=$(CURDIR)/$(SSLYZE_VENV)/bin/sslyze $(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 # Needs nginx-light and wrk (apt-get install nginx-light wrk) and redis-server.
 bench: $(TEST_STAMP)
@@ -70,5 +79,5 @@ bench: $(TEST_STAMP)
 	$(VENV_PY) bench/engine_tls.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache staticfiles
+	rm -rf $(VENV) $(SSLYZE_VENV) .pytest_cache staticfiles
 	find . -path ./data -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
