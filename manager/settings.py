@@ -18,6 +18,9 @@ CSRF_TRUSTED_ORIGINS = [o for o in env_str("GATEHOUSE_CSRF_TRUSTED_ORIGINS", "")
 HTTP_PORT = env_port("GATEHOUSE_HTTP_PORT", 8080)
 HTTPS_PORT = env_port("GATEHOUSE_HTTPS_PORT", 8443)
 DASHBOARD_PORT = env_port("GATEHOUSE_DASHBOARD_PORT", 8081)
+# The port the internet reaches the HTTP side on (80 behind a port forward to HTTP_PORT);
+# ACME HTTP-01 validation always comes there. Used by the reachability check.
+PUBLIC_HTTP_PORT = env_port("GATEHOUSE_PUBLIC_HTTP_PORT", 80)
 
 # Empty REDIS_URL means "no Redis": Celery uses the filesystem broker and the engine polls.
 # Unset, it is the private redis-server that `make run` started, if there is one, so that

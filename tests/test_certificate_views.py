@@ -158,3 +158,8 @@ def test_renewing_needs_post_and_change_permission_and_an_acme_certificate(as_us
     admin.post(f"/certificates/{acme_cert.pk}/renew/")
     acme_cert.refresh_from_db()
     assert acme_cert.progress == "queued" and len(queued_tasks()) == 1
+
+
+def test_the_reachability_check_needs_add_permission(as_user):
+    response = as_user(user("viewer", "view_certificate")).post("/certificates/request/check/", {"domains": "localhost"})
+    assert response.status_code == 403

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.certificate_list, name="list"),
     path("upload/", views.certificate_upload, name="upload"),
     path("request/", views.certificate_request, name="request"),
+    path("request/check/", views.certificate_probe, name="probe"),
     path("<int:pk>/renew/", views.certificate_renew, name="renew"),
     path("<int:pk>/", views.certificate_detail, name="detail"),
     path("<int:pk>/delete/", views.certificate_delete, name="delete"),

@@ -45,6 +45,24 @@ def certificate_detail(request, pk):
     })
 
 
+@login_required
+@_can("add")
+@require_POST
+def certificate_probe(request):
+    """Check each name of the request form (htmx) and answer with the results."""
+    from .probe import check
+
+    names, problems = [], []
+    for line in request.POST.get("domains", "").replace(",", "\n").splitlines():
+        if line.strip():
+            try:
+                names.append(validators.hostname(line))
+            except validators.Invalid as exc:
+                problems.append(str(exc))
+    results = [check(name) for name in dict.fromkeys(names)]
+    return render(request, "certificates/_probe.html", {"results": results, "problems": problems})
+
+
 def _queue(certificate):
     from .tasks import issue_certificate
 
