@@ -43,7 +43,11 @@ transport, whose producer this protocol is, drains). No server push.
 
 Malformed requests (RFC 9113 §8.1.1, §8.2: connection-specific headers, bad pseudo-headers,
 illegal characters) are stream errors: RST_STREAM PROTOCOL_ERROR, logged as 400. A client
-reset aborts the stream's upstream exchange (logged as 499). Output of the h2 state machine
+reset aborts the stream's upstream exchange (logged as 499). Rapid reset (CVE-2023-44487):
+client resets draw from a per-connection budget (`RESET_BURST`, refilled at
+`RESETS_PER_SECOND`); a client that exhausts it gets GOAWAY ENHANCE_YOUR_CALM and is
+disconnected, so opening and cancelling streams cannot make the engine start upstream
+requests without bound. Output of the h2 state machine
 is written once per client read and once per upstream read (corked meanwhile).
 """
 import ipaddress
@@ -71,6 +75,8 @@ OPEN, DRAINING, CLOSED = "open", "draining", "closed"
 WAITING, STREAMING, ENDING, DONE = "waiting", "streaming", "ending", "done"
 
 MAX_STREAMS = 100
+RESET_BURST = 200                # client stream resets allowed at once ...
+RESETS_PER_SECOND = 50.0         # ... and refilled at this rate
 STREAM_WINDOW = 1 << 18          # what a client may send on one stream before we acknowledge
 CONNECTION_WINDOW = 1 << 22      # ... and on all its streams together
 OUT_HIGH = 1 << 17               # queued response bytes per stream that pause its upstream
@@ -542,7 +548,7 @@ class H2Protocol(Protocol):
     __slots__ = (
         "factory", "reactor", "pool", "h2", "state", "streams", "corked", "write_paused",
         "client_ip", "peer", "trusted", "trusted_for", "deadline", "timer", "shutdown_trigger",
-        "last_stream_id",
+        "last_stream_id", "reset_budget", "reset_at",
     )
 
     def __init__(self, factory):
@@ -561,6 +567,8 @@ class H2Protocol(Protocol):
         self.timer = None
         self.shutdown_trigger = None
         self.last_stream_id = None       # set when we send GOAWAY: streams above it are refused
+        self.reset_budget = float(RESET_BURST)
+        self.reset_at = 0.0
 
     # -- Twisted ------------------------------------------------------------------------
 
@@ -663,6 +671,12 @@ class H2Protocol(Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.client_gone()
+        now = self.reactor.seconds()
+        budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESETS_PER_SECOND) - 1
+        self.reset_budget, self.reset_at = budget, now
+        if budget < 0 and self.state is not CLOSED:
+            self.h2.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+            self._close()
 
     def _on_window_updated(self, event):
         if event.stream_id:

@@ -264,6 +264,24 @@ def test_a_client_reset_aborts_the_upstream_and_logs_499():
     assert c.answers[other].data == b"hi"
 
 
+def test_rapid_resets_exhaust_the_budget_and_close_the_connection():
+    from proxy_engine.h2protocol import RESET_BURST
+
+    h, c = setup()
+    for _ in range(RESET_BURST):
+        c.reset(c.request())
+    assert not c.transport.disconnecting, "resets within the budget are allowed"
+    h.reactor.advance(1.0)                 # the budget refills with time
+    for _ in range(40):
+        c.reset(c.request())
+    assert not c.transport.disconnecting
+    allowed = 0
+    while not c.transport.disconnecting and allowed < 100:
+        c.reset(c.request())
+        allowed += 1
+    assert c.transport.disconnecting and allowed == 11, allowed   # 50 refilled - 40 used, then one too many
+
+
 def test_a_client_reset_during_an_upload_aborts_the_upstream_and_keeps_the_connection():
     h, c = setup()
     sid = c.request(b"/up", method=b"POST", end=False)
