@@ -38,8 +38,9 @@ class ProxyRoute:
             self.force_https = b"" if https_port == 443 else b":%d" % https_port
         self.hsts = b""
         if scheme == b"https" and host.ssl.hsts:
-            self.hsts = b"Strict-Transport-Security: max-age=31536000%s\r\n" % (
-                b"; includeSubDomains" if host.ssl.hsts_subdomains else b"")
+            self.hsts = b"Strict-Transport-Security: max-age=31536000%s%s\r\n" % (
+                b"; includeSubDomains" if host.ssl.hsts_subdomains else b"",
+                b"; preload" if host.ssl.hsts_preload else b"")
         self.group = UpstreamGroup(host.upstreams)
         locations = []
         for loc in host.locations:

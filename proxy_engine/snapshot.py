@@ -82,6 +82,7 @@ class SSLOptions:
     http2: bool = False
     hsts: bool = False
     hsts_subdomains: bool = False
+    hsts_preload: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +370,7 @@ def _ssl_options(r, raw, path):
     if raw is None:
         return SSLOptions()
     flags = {key: bool(r.get(raw, key, path, bool, False))
-             for key in ("force_https", "http2", "hsts", "hsts_subdomains")}
+             for key in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload")}
     return SSLOptions(certificate=r.get(raw, "certificate", path, str, None, allow_none=True), **flags)
 
 

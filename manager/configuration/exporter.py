@@ -149,7 +149,8 @@ def _headers(headers):
 def _proxy_host(host):
     health = host.health_check
     ssl = {"certificate": host.certificate.name if host.certificate else None, "force_https": host.force_https,
-           "http2": host.http2, "hsts": host.hsts, "hsts_subdomains": host.hsts_subdomains}
+           "http2": host.http2, "hsts": host.hsts, "hsts_subdomains": host.hsts_subdomains,
+           "hsts_preload": host.hsts_preload}
     return _without_nulls({
         "domains": list(host.domains),
         "enabled": host.enabled,

@@ -30,7 +30,7 @@ from .schema import ConfigError, DocumentInvalid, hosts, load_yaml, parse_docume
 HOST_MODELS = {"proxy_host": ProxyHost, "redirection_host": RedirectionHost, "dead_host": DeadHost}
 PROXY_FIELDS = ("domains", "enabled", "upstreams", "lb_policy", "health_check", "websockets", "connect_timeout",
                 "response_timeout", "max_body_size", "force_https", "http2", "hsts", "hsts_subdomains",
-                "compression", "cache", "rate_limit", "headers", "block_exploits")
+                "hsts_preload", "compression", "cache", "rate_limit", "headers", "block_exploits")
 REDIRECTION_FIELDS = ("domains", "enabled", "to", "code", "preserve_path")
 DEAD_FIELDS = ("domains", "enabled")
 LOCATION_FIELDS = ("position", "path", "upstreams", "cache", "headers", "compression", "rate_limit")

@@ -607,6 +607,7 @@ def _proxy_host(r, value, at):
             "connect_timeout": 5.0, "response_timeout": 60.0,
             "max_body_size": r.field(m, "max_body_size", at, validators.size),
             "certificate": None, "force_https": False, "http2": False, "hsts": False, "hsts_subdomains": False,
+            "hsts_preload": False,
             "access_list": r.field(m, "access_list", at, name),
             "compression": _compression(r, m, at) or [],
             "cache": _cache(r, m, at),
@@ -635,10 +636,10 @@ def _proxy_host(r, value, at):
             host["response_timeout"] = r.field(timeouts, "response", where, positive_duration, 60.0)
     if m.get("ssl") is not None:
         where = _key(at, "ssl")
-        ssl = r.mapping(m["ssl"], where, ("certificate", "force_https", "http2", "hsts", "hsts_subdomains"))
+        ssl = r.mapping(m["ssl"], where, ("certificate", "force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"))
         if ssl is not None:
             host["certificate"] = r.field(ssl, "certificate", where, name)
-            for flag in ("force_https", "http2", "hsts", "hsts_subdomains"):
+            for flag in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"):
                 host[flag] = r.field(ssl, flag, where, boolean, False)
     paths = set()
     for position, (item, where) in enumerate(r.items(m, "locations", at)):

@@ -69,6 +69,7 @@ class ProxyHost(HostBase):
     http2 = models.BooleanField(default=False)
     hsts = models.BooleanField(default=False)
     hsts_subdomains = models.BooleanField(default=False)
+    hsts_preload = models.BooleanField(default=False)
     access_list = models.ForeignKey("access.AccessList", null=True, blank=True, on_delete=models.PROTECT, related_name="proxy_hosts")
     compression = models.JSONField(default=list, blank=True)
     cache = models.JSONField(null=True, blank=True, help_text="{enabled, default_ttl} or null.")

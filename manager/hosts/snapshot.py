@@ -74,7 +74,7 @@ def _proxy_host(host):
         "ssl": {
             "certificate": host.certificate.name if host.certificate else None,
             "force_https": host.force_https, "http2": host.http2,
-            "hsts": host.hsts, "hsts_subdomains": host.hsts_subdomains,
+            "hsts": host.hsts, "hsts_subdomains": host.hsts_subdomains, "hsts_preload": host.hsts_preload,
         },
         "access_list": host.access_list.name if host.access_list else None,
         "compression": list(host.compression),

@@ -90,7 +90,7 @@ def full_document(contract, tls):
         "upstreams": [{"url": "https://[2001:db8::10]:8443", "weight": 3},
                       {"url": "https://192.168.1.2:8006", "verify": False},
                       {"url": "https://nas.lan:443", "ca_pem": tls.chain}],
-        "ssl": {"certificate": "lab", "force_https": True},
+        "ssl": {"certificate": "lab", "force_https": True, "hsts": True, "hsts_preload": True},
         "access_list": "admins",
         "rate_limit": {"requests": 5, "per": "1s", "key": "header:X-Api-Key", "burst": 0},
         "timeouts": {"connect": "500ms", "response": "2h"},

@@ -138,6 +138,13 @@ def test_routes_carry_force_https_and_hsts_built_once_per_snapshot(ca):
     assert secure.route(b"x.apps.example.test").hsts == b""
 
 
+def test_hsts_preload_is_added_when_asked(ca):
+    doc = table_doc(ca)
+    doc["proxy_hosts"][0]["ssl"].update(hsts=True, hsts_preload=True)
+    secure = Router(tls.attach(parse_snapshot(doc)), b"https")
+    assert secure.route(b"app.example.test").hsts == b"Strict-Transport-Security: max-age=31536000; preload\r\n"
+
+
 def test_https_upstreams_are_pooled_apart_by_their_tls_options():
     doc = document()
     doc["proxy_hosts"][0]["upstreams"] = [
