@@ -50,7 +50,6 @@ disconnected, so opening and cancelling streams cannot make the engine start ups
 requests without bound. Output of the h2 state machine
 is written once per client read and once per upstream read (corked meanwhile).
 """
-import ipaddress
 from collections import deque
 
 from h2.config import H2Configuration
@@ -66,7 +65,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.errors import CLIENT_ERRORS, ClientGone, error_body
 from proxy_engine.fastio import send
-from proxy_engine.headers import HOP_BY_HOP, connection_tokens, upstream_request_head
+from proxy_engine.headers import HOP_BY_HOP, accept_client, connection_tokens, upstream_request_head
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
 from proxy_engine.routing import NOT_ACME, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
@@ -573,16 +572,7 @@ class H2Protocol(Protocol):
     # -- Twisted ------------------------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", "127.0.0.1")
-        self.client_ip = host.encode("ascii")
-        try:
-            self.peer = ipaddress.ip_address(host)
-        except ValueError:
-            self.peer = None
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if nodelay is not None:
-            nodelay(True)
+        self.client_ip, self.peer = accept_client(self.transport)
         h2 = self.h2
         h2.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
@@ -757,9 +747,7 @@ class H2Protocol(Protocol):
     def is_trusted(self, router):
         """Whether the client is a trusted proxy under `router`'s snapshot (cached per router)."""
         if self.trusted_for is not router:
-            peer = self.peer
-            self.trusted = peer is not None and any(peer in net for net in router.trusted)
-            self.trusted_for = router
+            self.trusted, self.trusted_for = router.trusts(self.peer), router
         return self.trusted
 
     def stream_done(self, stream):

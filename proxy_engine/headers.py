@@ -10,6 +10,7 @@ Framing (Content-Length / Transfer-Encoding) is re-added by the caller from what
 sends. Headers the proxy adds itself are appended after filtering, so a client naming them in
 Connection cannot remove them.
 """
+import ipaddress
 
 HOP_BY_HOP = frozenset((
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te",
@@ -106,3 +107,17 @@ def client_response_head(status_line, headers, framing, connection=b""):
               if lname not in _RESPONSE_DROP and lname not in drop]
     parts += (framing, connection, b"\r\n")
     return b"".join(parts)
+
+
+def accept_client(transport):
+    """A new client connection: (its IP as bytes, its parsed address or None); sets
+    TCP_NODELAY where the transport has it."""
+    host = getattr(transport.getPeer(), "host", "127.0.0.1")
+    try:
+        peer = ipaddress.ip_address(host)
+    except ValueError:
+        peer = None
+    nodelay = getattr(transport, "setTcpNoDelay", None)
+    if nodelay is not None:
+        nodelay(True)
+    return host.encode("ascii"), peer

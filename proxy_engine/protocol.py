@@ -23,7 +23,6 @@ re-arm one `callLater` only when it has fired. Writes go through `proxy_engine.f
 (straight to the socket when nothing is queued); what one upstream read produces for the
 client is corked and leaves in one send.
 """
-import ipaddress
 import logging
 
 import httptools
@@ -32,7 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
-from proxy_engine.headers import client_response_head, upstream_request_head
+from proxy_engine.headers import accept_client, client_response_head, upstream_request_head
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
 from proxy_engine.routing import NOT_ACME, Router, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
@@ -167,16 +166,7 @@ class ProxyProtocol(Protocol):
     # -- Twisted ------------------------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", "127.0.0.1")
-        self.client_ip = host.encode("ascii")
-        try:
-            self.peer = ipaddress.ip_address(host)
-        except ValueError:
-            self.peer = None
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if nodelay is not None:
-            nodelay(True)
+        self.client_ip, self.peer = accept_client(self.transport)
         self._arm(self.factory.header_timeout)
 
     def dataReceived(self, data):
@@ -441,9 +431,7 @@ class ProxyProtocol(Protocol):
         request.connector = None
         router = request.router
         if self.trusted_for is not router:
-            peer = self.peer
-            self.trusted = peer is not None and any(peer in net for net in router.trusted)
-            self.trusted_for = router
+            self.trusted, self.trusted_for = router.trusts(self.peer), router
         if request.chunked:
             framing = _CHUNKED
         elif request.content_length is not None:

@@ -123,6 +123,10 @@ class Router:
         self.acme = {ACME_PREFIX + token.encode("ascii"): key_authorization.encode("utf-8")
                      for token, key_authorization in snapshot.acme_challenges.items()}
 
+    def trusts(self, peer):
+        """Whether a client address (ipaddress object or None) is one of the trusted proxies."""
+        return peer is not None and any(peer in net for net in self.trusted)
+
     def challenge(self, path):
         """The ACME HTTP-01 answer for `path` (bytes, may carry a query): see the module doc."""
         if not path.startswith(ACME_PREFIX):
