@@ -16,6 +16,11 @@ valid keeps being served (status stays "valid"); otherwise its status becomes "e
 Progress (`Certificate.progress`) is written with `update()`, which does not bump the
 revision: queued -> validating -> issued | failed.
 
+DNS-01 (`certificate.challenge == "dns"`, the only way to get wildcard names): certbot runs
+its DNS plugin for the certificate's `DnsProvider` (`--dns-cloudflare` or `--dns-rfc2136`)
+with the credentials in a 0600 file inside a fresh 0700 directory under the certbot dir,
+removed as soon as certbot returns, whatever happened (`dns.credentials_file`).
+
 Keys: certbot writes them under $GATEHOUSE_DATA_DIR/certbot (0700); they are read into
 the database and never logged.
 """
@@ -26,6 +31,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +40,7 @@ from django.utils import timezone
 
 from manager.lib.validators import Invalid, certificate_names, certificate_with_key
 
+from . import dns
 from .models import Certificate
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,16 @@ _HINTS = {
     "caa": "a CAA DNS record forbids this certificate authority for the name.",
     "rateLimited": "the certificate authority's rate limit was hit: wait before trying again.",
     "rejectedIdentifier": "the certificate authority refuses to issue for this name.",
+}
+# The same problem types mean something else when the ACME server looked up a TXT record.
+_DNS_HINTS = {
+    **_HINTS,
+    "connection": "the ACME server could not reach the name servers of the zone: are they up and public?",
+    "dns": "the ACME server found no TXT record _acme-challenge.<name>: does the DNS provider serve that "
+           "zone, and did the record reach every name server (raise the provider's propagation seconds)?",
+    "unauthorized": "the ACME server did not find the TXT record certbot set: is this DNS provider the one "
+                    "serving the zone to the world (its public name servers), and did the record reach every "
+                    "name server (raise the provider's propagation seconds)?",
 }
 
 
@@ -80,19 +97,34 @@ def hook_command(action):
     return shlex.join([sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "acmehook", action])
 
 
-def check_domains(domains):
-    """Refuse what HTTP-01 cannot validate; returns the domains as a list."""
+def check_domains(domains, challenge="http"):
+    """Refuse what the challenge cannot validate; returns the domains as a list."""
     if not domains:
         raise AcmeError("the certificate has no domain names")
     wildcards = [d for d in domains if d.startswith("*.")]
-    if wildcards:
-        raise AcmeError(f"{', '.join(wildcards)}: wildcard names can only be validated with DNS-01, "
-                        "which this request does not use (HTTP-01 cannot prove control of a whole zone)")
+    if wildcards and challenge != "dns":
+        raise AcmeError(f"{', '.join(wildcards)}: wildcard names can only be validated with DNS-01: choose the "
+                        "DNS-01 challenge and a DNS provider (HTTP-01 cannot prove control of a whole zone)")
     return list(domains)
 
 
-def certbot_arguments(certificate, config, base):
-    """The certbot command line for one issuance (a list; no secrets in it)."""
+def check_certificate(certificate):
+    """check_domains, and a DNS-01 certificate has a usable DNS provider."""
+    check_domains(certificate.domains, certificate.challenge)
+    if certificate.challenge == "dns":
+        provider = certificate.dns_provider
+        if provider is None:
+            raise AcmeError("DNS-01 needs a DNS provider: add one under Certificates > DNS providers and "
+                            "choose it for this certificate")
+        try:
+            dns.credentials_text(provider)
+        except ValueError as exc:
+            raise AcmeError(f"DNS provider {provider.name}: {exc}") from None
+
+
+def certbot_arguments(certificate, config, base, credentials=None):
+    """The certbot command line for one issuance (a list; no secrets in it: a DNS-01 run
+    gets the path of its credentials file)."""
     args = certbot_executable() + [
         "certonly", "--non-interactive", "--agree-tos", "--no-eff-email",
         "--server", config.acme_directory,
@@ -100,13 +132,27 @@ def certbot_arguments(certificate, config, base):
         "--max-log-backups", "20",
         "--cert-name", lineage_name(certificate), "--force-renewal",
         *KEY_TYPE,
-        "--manual", "--preferred-challenges", "http",
-        "--manual-auth-hook", hook_command("auth"), "--manual-cleanup-hook", hook_command("cleanup"),
     ]
+    if certificate.challenge == "dns":
+        provider = certificate.dns_provider
+        plugin = dns.plugin(provider.kind)
+        args += [f"--{plugin}", f"--{plugin}-credentials", str(credentials),
+                 f"--{plugin}-propagation-seconds", str(provider.propagation_seconds),
+                 "--preferred-challenges", "dns"]
+    else:
+        args += ["--manual", "--preferred-challenges", "http",
+                 "--manual-auth-hook", hook_command("auth"), "--manual-cleanup-hook", hook_command("cleanup")]
     args += ["-m", config.acme_email] if config.acme_email else ["--register-unsafely-without-email"]
     for domain in certificate.domains:
         args += ["-d", domain]
     return args
+
+
+def credentials(certificate, base):
+    """A context giving the DNS-01 credentials file's path (None for HTTP-01)."""
+    if certificate.challenge != "dns":
+        return nullcontext(None)
+    return dns.credentials_file(certificate.dns_provider, base)
 
 
 def certbot_environment(certificate, config):
@@ -116,7 +162,7 @@ def certbot_environment(certificate, config):
     return env
 
 
-def failure_reason(output):
+def failure_reason(output, challenge="http"):
     """certbot's own reason for a failed run, in words a user can act on."""
     problems = []
     current = {}
@@ -129,7 +175,11 @@ def failure_reason(output):
                     problems.append(current)
                     current = {}
     if problems:
-        return "\n".join(_problem(p.get("Domain", "the name"), p.get("Type", ""), p["Detail"]) for p in problems)
+        hints = _DNS_HINTS if challenge == "dns" else _HINTS
+        return "\n".join(_problem(p.get("Domain", "the name"), p.get("Type", ""), p["Detail"], hints) for p in problems)
+    plugin = _dns_plugin_failure(output)
+    if plugin:
+        return plugin
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     noise = ("Saving debug log", "Ask for help", "See the logfile", "Some challenges have failed",
              "Requesting a certificate", "Missing command line flag", "Certbot failed to authenticate")
@@ -146,16 +196,58 @@ def failure_reason(output):
 _FETCH = re.compile(r'^(?:Get "(?P<get>[^"]+)"|(?:\S+: )?Fetching (?P<fetch>\S+?)):\s*(?P<cause>.*)$')
 
 
-def _problem(domain, kind, detail):
+def _problem(domain, kind, detail, hints=_HINTS):
     """One ACME problem (from certbot's report) as a sentence with a hint."""
     fetch = _FETCH.match(detail)
     if fetch:
         url = fetch.group("get") or fetch.group("fetch")
         text = f"{domain}: the ACME server could not reach {url}: {fetch.group('cause')}"
+    elif hints is _DNS_HINTS:
+        record = "_acme-challenge." + domain.removeprefix("*.")
+        text = f"{domain}: the ACME server could not validate the TXT record {record}" + \
+            (f" ({kind})" if kind else "") + f": {detail}"
     else:
         text = f"{domain}: the ACME server could not validate the name" + (f" ({kind})" if kind else "") + f": {detail}"
-    hint = _HINTS.get(kind)
+    hint = hints.get(kind)
     return text + (f" - {hint}" if hint else "")
+
+
+_TSIG_REFUSED = re.compile(r"didn't like the signature|BADSIG|BADKEY|BADTIME|NOTAUTH|REFUSED|NOTZONE|"
+                           r"Received response from server", re.I)
+
+
+def _dns_plugin_failure(output):
+    """A certbot DNS plugin's failure (before the ACME server validated anything) in words."""
+    match = re.search(r"Encountered error adding TXT record: (.+)", output) or \
+        re.search(r"(Received response from server: .+)", output)
+    if match:
+        cause = match.group(1).strip()
+        if _TSIG_REFUSED.search(cause):
+            return ("the DNS server refused to add the TXT record (TSIG update refused: are the key name, secret "
+                    "and algorithm the same as in the server's configuration, and may that key update the "
+                    f"zone?): {cause}")
+        return f"the DNS server could not be reached to add the TXT record (check its address and port): {cause}"
+    match = re.search(r"Unable to determine base domain for (\S+) using names: (.+?)\.?$", output, re.M)
+    if match:
+        name = match.group(1).removeprefix("_acme-challenge.")
+        tried = ", ".join(re.findall(r"'([^']+)'", match.group(2))) or match.group(2)
+        return (f"{name}: the DNS server has no zone for this name (no SOA record for any of {tried}): "
+                "is it the primary server of the name's zone?")
+    match = re.search(r"Error determining zone_id: (.+)", output)
+    if match or re.search(r"valid Cloudflare API credentials|Cloudflare Token has access", output):
+        return ("Cloudflare refused the API token (authentication error): check the token and that it has the "
+                "Zone:DNS:Edit permission for this zone: " + (match.group(1).strip() if match else _last_lines(output)))
+    match = re.search(r"(Unable to determine zone_id for \S+ using zone names: .+)", output)
+    if match:
+        return "Cloudflare has no zone for this name that the API token can see: " + match.group(1).strip()
+    match = re.search(r"Network error (?:communicating with|contacting) the Cloudflare API.*", output)
+    if match:
+        return "Cloudflare's API could not be reached: " + match.group(0).strip()
+    return None
+
+
+def _last_lines(output):
+    return " ".join(line.strip() for line in output.splitlines()[-3:] if line.strip())
 
 
 def _readable(text):
@@ -178,24 +270,27 @@ def issue(cert_id, report=None):
     from manager.hosts.models import Settings
 
     report = report or (lambda text: None)
-    certificate = Certificate.objects.get(pk=cert_id)
+    certificate = Certificate.objects.select_related("dns_provider").get(pk=cert_id)
     config = Settings.load()
     set_progress(cert_id, "validating")
-    report(f"validating {', '.join(certificate.domains)} with {config.acme_directory}")
+    how = f" (DNS-01 through {certificate.dns_provider})" if certificate.challenge == "dns" else ""
+    report(f"validating {', '.join(certificate.domains)} with {config.acme_directory}{how}")
     try:
-        check_domains(certificate.domains)
+        check_certificate(certificate)
         base = certbot_dir()
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            result = subprocess.run(
-                certbot_arguments(certificate, config, base), env=certbot_environment(certificate, config),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                timeout=CERTBOT_TIMEOUT, text=True)
-        except subprocess.TimeoutExpired:
-            raise AcmeError(f"certbot did not finish within {CERTBOT_TIMEOUT} s") from None
+        with credentials(certificate, base) as credentials_path:
+            try:
+                result = subprocess.run(
+                    certbot_arguments(certificate, config, base, credentials_path),
+                    env=certbot_environment(certificate, config),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    timeout=CERTBOT_TIMEOUT, text=True)
+            except subprocess.TimeoutExpired:
+                raise AcmeError(f"certbot did not finish within {CERTBOT_TIMEOUT} s") from None
         if result.returncode != 0:
             log.info("certbot failed for certificate %s:\n%s", certificate.name, result.stdout)
-            raise AcmeError(failure_reason(result.stdout))
+            raise AcmeError(failure_reason(result.stdout, certificate.challenge))
         store_lineage(certificate, base / "config" / "live" / lineage_name(certificate))
     except AcmeError as exc:
         record_failure(certificate, str(exc))

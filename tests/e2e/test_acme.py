@@ -4,20 +4,16 @@ HTTP-01 against the real engine (pebble's httpPort is the engine's port), names 
 Celery path runs in a real worker process."""
 import http.client
 import io
-import json
 import os
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import Encoding
 from django.core.management import call_command
 from django.db import connection
@@ -28,93 +24,14 @@ from manager.certificates.acme import issue
 from manager.certificates.models import AcmeChallenge, Certificate
 from manager.certificates.tasks import renew_due_certificates
 from manager.hosts.models import ProxyHost, Settings
-from tests.live import ROOT, RedisServer, free_port, runproxy, start_upstream, stop_upstream
+from tests.e2e.acme_support import ChallTestSrv, Pebble, make_api_certificate, verify_chain, wait_until
+from tests.live import ROOT, RedisServer, runproxy, start_upstream, stop_upstream
 
 pytestmark = [
     pytest.mark.e2e, pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not shutil.which("pebble") or not shutil.which("pebble-challtestsrv"),
                        reason="pebble is not installed (apt-get install pebble)"),
 ]
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def make_api_certificate(directory):
-    """The TESTING.md recipe: a throwaway CA and pebble's API certificate for 127.0.0.1."""
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "api.csr", "-subj", "/CN=localhost")
-    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                                       "extendedKeyUsage=serverAuth\n")
-    run("x509", "-req", "-in", "api.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf")
-
-
-class Pebble:
-    def __init__(self, directory, http_port, dns_port):
-        self.directory = directory
-        self.ca_bundle = str(directory / "ca.pem")
-        self.listen = free_port()
-        self.management = free_port()
-        (directory / "pebble.json").write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{self.listen}", "managementListenAddress": f"127.0.0.1:{self.management}",
-            "certificate": "cert.pem", "privateKey": "key.pem", "httpPort": http_port, "tlsPort": free_port(),
-            "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
-        self.proc = subprocess.Popen(["pebble", "-config", "pebble.json", "-dnsserver", f"127.0.0.1:{dns_port}",
-                                      "-strict=false"], cwd=directory, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.context = ssl.create_default_context(cafile=self.ca_bundle)
-        wait_until(lambda: self.get(f"https://127.0.0.1:{self.listen}/dir"), 20, "pebble")
-
-    @property
-    def directory_url(self):
-        return f"https://127.0.0.1:{self.listen}/dir"
-
-    def get(self, url):
-        with urllib.request.urlopen(url, context=self.context, timeout=5) as response:
-            return response.read()
-
-    def root(self):
-        return x509.load_pem_x509_certificate(self.get(f"https://127.0.0.1:{self.management}/roots/0"))
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-class ChallTestSrv:
-    def __init__(self):
-        self.dns = free_port()
-        self.management = free_port()
-        self.proc = subprocess.Popen(
-            ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "",
-             "-tlsalpn01", "", "-management", f"127.0.0.1:{self.management}", "-defaultIPv4", "127.0.0.1",
-             "-defaultIPv6", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.post("/clear-a", {"host": "probe.example.test"}), 20, "challtestsrv")
-
-    def post(self, path, body):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.management}{path}", data=json.dumps(body).encode())
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status == 200
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -155,18 +72,6 @@ def acme_settings(world):
 
 def new_certificate(name, *domains):
     return Certificate.objects.create(name=name, provider="letsencrypt", domains=list(domains))
-
-
-def verify_chain(certificate, root):
-    """Each certificate of leaf + chain is signed by the next, the last by pebble's root."""
-    chain = x509.load_pem_x509_certificates((certificate.certificate_pem + certificate.chain_pem).encode())
-    for child, parent in zip(chain, chain[1:] + [root]):
-        key = parent.public_key()
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(child.signature_hash_algorithm))
-        else:
-            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), child.signature_hash_algorithm)
-    return chain[0]
 
 
 def test_requestcert_issues_a_certificate_through_the_engine_that_verifies_against_pebbles_root(world, acme_settings):
