@@ -8,11 +8,11 @@ a stable order, so export → import → export gives the same bytes. A key whos
 import yaml
 
 from manager.access.models import AccessList
-from manager.certificates.models import Certificate
+from manager.certificates.models import Certificate, DnsProvider
 from manager.hosts.models import DeadHost, ProxyHost, RedirectionHost, Settings, Stream
 from manager.lib import validators
 
-from .schema import VERSION
+from .schema import DNS_KIND_KEYS, VERSION
 
 
 def export_document(include_secrets=False):
@@ -21,7 +21,9 @@ def export_document(include_secrets=False):
         "version": VERSION,
         "settings": _settings(Settings.load()),
         "access_lists": [_access_list(a) for a in AccessList.objects.order_by("name").prefetch_related("users", "rules")],
-        "certificates": [_certificate(c, include_secrets) for c in Certificate.objects.order_by("name")],
+        "dns_providers": [_dns_provider(p, include_secrets) for p in DnsProvider.objects.order_by("name")],
+        "certificates": [_certificate(c, include_secrets) for c in
+                         Certificate.objects.order_by("name").select_related("dns_provider")],
         "proxy_hosts": [_proxy_host(h) for h in ProxyHost.objects.order_by("id")
                         .select_related("certificate", "access_list").prefetch_related("locations")],
         "redirection_hosts": [
@@ -97,10 +99,25 @@ def _access_list(access_list):
     }
 
 
+def _dns_provider(provider, include_secrets):
+    """Every key of the provider's kind; its secret (API token, TSIG secret) only with include_secrets."""
+    result = {"name": provider.name, "kind": provider.kind}
+    for key in DNS_KIND_KEYS[provider.kind]:
+        if key in provider.secret_fields and not include_secrets:
+            continue
+        result[key] = getattr(provider, key)
+    return result
+
+
 def _certificate(cert, include_secrets):
     """Custom certificates always carry their certificate and chain; keys (and Let's
-    Encrypt PEMs, which certbot renews) only with include_secrets."""
+    Encrypt PEMs, which certbot renews) only with include_secrets. `challenge` and
+    `dns_provider` are written for DNS-01 certificates only (HTTP-01 is the default)."""
     result = {"name": cert.name, "provider": cert.provider, "domains": list(cert.domains)}
+    if cert.provider == "letsencrypt" and cert.challenge == "dns":
+        result["challenge"] = "dns"
+        result["dns_provider"] = cert.dns_provider.name if cert.dns_provider else None
+        result = _without_nulls(result)
     if cert.certificate_pem and (cert.provider == "custom" or include_secrets):
         result["certificate_pem"] = cert.certificate_pem
         if include_secrets and cert.key_pem:

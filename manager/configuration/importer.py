@@ -5,7 +5,7 @@ inside one `transaction.atomic()`, checks what needs the database and applies it
 error raises `DocumentInvalid` with every error and its path; nothing is changed.
 
 Identity (what an item of the document updates rather than creates):
-- access lists and certificates: by name;
+- access lists, DNS providers and certificates: by name;
 - streams: by listen port + protocol;
 - hosts of every kind: a document host replaces every existing host, of any kind, that
   shares a domain with it. The first of those of the same kind is updated in place (it
@@ -20,12 +20,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from manager.access.models import AccessList, AccessListUser, AccessRule
-from manager.certificates.models import Certificate
+from manager.certificates.models import Certificate, DnsProvider
 from manager.hosts.models import DeadHost, Location, ProxyHost, RedirectionHost, Settings, Stream
 from manager.lib import validators
 from manager.lib.validators import Invalid
 
-from .schema import ConfigError, DocumentInvalid, hosts, load_yaml, parse_document
+from .schema import DNS_KIND_KEYS, ConfigError, DocumentInvalid, hosts, load_yaml, parse_document
 
 HOST_MODELS = {"proxy_host": ProxyHost, "redirection_host": RedirectionHost, "dead_host": DeadHost}
 PROXY_FIELDS = ("domains", "enabled", "upstreams", "lb_policy", "health_check", "websockets", "connect_timeout",
@@ -39,7 +39,7 @@ LOCATION_FIELDS = ("position", "path", "upstreams", "cache", "headers", "compres
 class Summary:
     """What an import did: counts per kind and action."""
 
-    KINDS = ("settings", "access lists", "certificates", "proxy hosts", "redirection hosts", "404 hosts", "streams")
+    KINDS = ("settings", "access lists", "DNS providers", "certificates", "proxy hosts", "redirection hosts", "404 hosts", "streams")
 
     def __init__(self):
         self.counts = Counter()
@@ -95,6 +95,32 @@ def _check_against_database(doc, replace):
     for cert in doc["certificates"]:
         if cert["certificate_pem"] is not None and cert["key_pem"] is None:
             errors.extend(_keep_existing_key(cert))
+    providers = {p["name"] for p in doc["dns_providers"]}
+    if not replace:
+        providers |= set(DnsProvider.objects.values_list("name", flat=True))
+    for cert in doc["certificates"]:
+        if cert["dns_provider"] is not None and cert["dns_provider"] not in providers:
+            errors.append(ConfigError(f"{cert['at']}.dns_provider", f"no DNS provider named {cert['dns_provider']!r} in {where}"))
+    for provider in doc["dns_providers"]:
+        errors.extend(_keep_existing_secrets(provider))
+    return errors
+
+
+def _keep_existing_secrets(provider):
+    """A DNS provider without its secret keeps the secret of the existing provider of its
+    name and kind (a file exported without --include-secrets re-imports here)."""
+    errors = []
+    existing = DnsProvider.objects.filter(name=provider["name"], kind=provider["kind"]).first()
+    for field in DnsProvider.SECRET_FIELDS[provider["kind"]]:
+        if provider[field] is not None:
+            continue
+        kept = getattr(existing, field, "") if existing else ""
+        if not kept:
+            errors.append(ConfigError(f"{provider['at']}.{field}",
+                                      f"required: no existing {provider['kind']} DNS provider named "
+                                      f"{provider['name']!r} has one to keep (export with --include-secrets "
+                                      "to carry secrets)"))
+        provider[field] = kept
     return errors
 
 
@@ -119,13 +145,15 @@ def _keep_existing_key(cert):
 def _apply(doc, replace):
     summary = Summary()
     _apply_settings(doc["settings"], replace, summary)
-    certificates = _apply_certificates(doc["certificates"], summary)
+    providers = _apply_dns_providers(doc["dns_providers"], summary)
+    certificates = _apply_certificates(doc["certificates"], providers, summary)
     access_lists = _apply_access_lists(doc["access_lists"], summary)
     _apply_hosts(doc, replace, certificates, access_lists, summary)
     _apply_streams(doc["streams"], replace, summary)
     if replace:
         _delete(Certificate.objects.exclude(pk__in=[c.pk for c in certificates.values()]), "certificates", summary)
         _delete(AccessList.objects.exclude(pk__in=[a.pk for a in access_lists.values()]), "access lists", summary)
+        _delete(DnsProvider.objects.exclude(pk__in=[p.pk for p in providers.values()]), "DNS providers", summary)
     return summary
 
 
@@ -147,7 +175,22 @@ def _apply_settings(values, replace, summary):
     summary.add("settings", "updated")
 
 
-def _apply_certificates(items, summary):
+def _apply_dns_providers(items, summary):
+    result = {}
+    for item in items:
+        provider = DnsProvider.objects.filter(name=item["name"]).first()
+        summary.add("DNS providers", "updated" if provider else "created")
+        fresh = DnsProvider(name=item["name"], kind=item["kind"])   # other kinds' fields back to defaults
+        if provider is not None:
+            fresh.pk, fresh.created_at = provider.pk, provider.created_at
+        for key in DNS_KIND_KEYS[item["kind"]]:
+            setattr(fresh, key, item[key])
+        fresh.save()
+        result[fresh.name] = fresh
+    return result
+
+
+def _apply_certificates(items, providers, summary):
     result = {}
     for item in items:
         cert = Certificate.objects.filter(name=item["name"]).first()
@@ -155,6 +198,8 @@ def _apply_certificates(items, summary):
         cert = cert or Certificate(name=item["name"])
         cert.provider = item["provider"]
         cert.domains = item["domains"]
+        cert.challenge = item["challenge"] if item["provider"] == "letsencrypt" else "http"
+        cert.dns_provider = _lookup(DnsProvider, providers, item["dns_provider"]) if cert.challenge == "dns" else None
         if item["certificate_pem"] is not None:
             cert.certificate_pem, cert.key_pem, cert.chain_pem = item["certificate_pem"], item["key_pem"], item["chain_pem"]
             leaf = validators.certificate_chain(cert.certificate_pem)[0]

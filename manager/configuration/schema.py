@@ -16,11 +16,12 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
+from manager.certificates import dns
 from manager.lib import validators
 from manager.lib.validators import Invalid
 
 VERSION = 1
-SECTIONS = ("settings", "access_lists", "certificates", "proxy_hosts", "redirection_hosts", "dead_hosts", "streams")
+SECTIONS = ("settings", "access_lists", "dns_providers", "certificates", "proxy_hosts", "redirection_hosts", "dead_hosts", "streams")
 HOST_SECTIONS = ("proxy_hosts", "redirection_hosts", "dead_hosts")
 
 DEFAULT_SITE_ACTIONS = ("404", "444", "redirect", "html", "welcome")
@@ -29,13 +30,24 @@ LB_POLICIES = ("round_robin", "least_conn", "ip_hash", "random", "first")
 COMPRESSIONS = ("gzip", "br", "zstd")
 REDIRECT_CODES = (301, 302, 307, 308)
 PROVIDERS = ("letsencrypt", "custom")
+CHALLENGES = ("http", "dns")
 MAX_WEIGHT = 1000
 
 SETTINGS_KEYS = ("default_site", "acme", "tls", "trusted_proxies")
 TLS_FALLBACKS = ("self_signed", "reject")
 UPSTREAM_KEYS = ("url", "weight", "verify", "ca_pem")
 ACCESS_LIST_KEYS = ("name", "satisfy", "pass_auth", "users", "rules")
-CERTIFICATE_KEYS = ("name", "provider", "domains", "certificate_pem", "key_pem", "chain_pem")
+CERTIFICATE_KEYS = ("name", "provider", "domains", "challenge", "dns_provider", "certificate_pem", "key_pem", "chain_pem")
+DNS_PROVIDER_KEYS = ("name", "kind", "api_token", "server", "port", "key_name", "key_secret", "algorithm",
+                     "propagation_seconds")
+# Per kind: its keys (besides name and kind) and their defaults; secrets default to None
+# ("keep the one the provider of that name already has").
+DNS_KIND_KEYS = {
+    "cloudflare": {"api_token": None, "propagation_seconds": 30},
+    "rfc2136": {"server": None, "port": 53, "key_name": None, "key_secret": None, "algorithm": "hmac-sha256",
+                "propagation_seconds": 30},
+}
+DNS_REQUIRED = {"cloudflare": (), "rfc2136": ("server", "key_name")}
 PROXY_HOST_KEYS = ("domains", "enabled", "upstreams", "load_balancing", "websockets", "timeouts", "max_body_size",
                    "ssl", "access_list", "compression", "cache", "rate_limit", "headers", "block_exploits", "locations")
 LOCATION_KEYS = ("path", "upstreams", "cache", "headers", "compression", "rate_limit")
@@ -288,6 +300,7 @@ def parse_document(data):
     doc = {
         "settings": _settings(r, data["settings"], "settings") if data.get("settings") is not None else None,
         "access_lists": [_access_list(r, item, at) for item, at in r.items(data, "access_lists", "")],
+        "dns_providers": [_dns_provider(r, item, at) for item, at in r.items(data, "dns_providers", "")],
         "certificates": [_certificate(r, item, at) for item, at in r.items(data, "certificates", "")],
         "proxy_hosts": [_proxy_host(r, item, at) for item, at in r.items(data, "proxy_hosts", "")],
         "redirection_hosts": [_redirection_host(r, item, at) for item, at in r.items(data, "redirection_hosts", "")],
@@ -297,6 +310,7 @@ def parse_document(data):
     for section in SECTIONS[1:]:
         doc[section] = [item for item in doc[section] if item is not None]
     _check_unique(r, doc["access_lists"], "name", "access list")
+    _check_unique(r, doc["dns_providers"], "name", "DNS provider")
     _check_unique(r, doc["certificates"], "name", "certificate")
     _check_streams_unique(r, doc["streams"])
     _check_domains_unique(r, doc)
@@ -397,6 +411,38 @@ def password_hash(value):
     return value
 
 
+def _dns_field(kind, field):
+    def parse(value):
+        if field not in ("port", "propagation_seconds") and not isinstance(value, str):
+            secret = field in dns.SECRETS[kind]
+            raise Invalid("expected a string" + ("" if secret else f", got {describe(value)}"))
+        try:
+            return dns.check_field(kind, field, value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+    return parse
+
+
+def _dns_provider(r, value, at):
+    m = r.mapping(value, at, DNS_PROVIDER_KEYS, required=("name", "kind"))
+    if m is None:
+        return None
+    kind = r.field(m, "kind", at, choice(dns.KINDS))
+    provider = {"at": at, "name": r.field(m, "name", at, name), "kind": kind}
+    if kind is None:
+        return provider
+    keys = DNS_KIND_KEYS[kind]
+    for key in DNS_PROVIDER_KEYS[2:]:
+        if key not in keys and m.get(key) is not None:
+            r.error(_key(at, key), f"only for kind {' or '.join(k for k in dns.KINDS if key in DNS_KIND_KEYS[k])}")
+    for key, default in keys.items():
+        provider[key] = r.field(m, key, at, _dns_field(kind, key), default)
+    for key in DNS_REQUIRED[kind]:
+        if m.get(key) is None:
+            r.error(_key(at, key), f"required for kind {kind}")
+    return provider
+
+
 def _certificate(r, value, at):
     m = r.mapping(value, at, CERTIFICATE_KEYS, required=("name", "provider"))
     if m is None:
@@ -407,6 +453,8 @@ def _certificate(r, value, at):
         "name": r.field(m, "name", at, name),
         "provider": provider,
         "domains": r.scalar_list(m, "domains", at, validators.hostname),
+        "challenge": r.field(m, "challenge", at, choice(CHALLENGES), "http"),
+        "dns_provider": r.field(m, "dns_provider", at, name),
         "certificate_pem": r.field(m, "certificate_pem", at, pem),
         "key_pem": r.field(m, "key_pem", at, pem),
         "chain_pem": r.field(m, "chain_pem", at, pem, ""),
@@ -431,6 +479,19 @@ def _certificate(r, value, at):
                             f"{domain} is not covered by the certificate (it covers {', '.join(covered) or 'no names'})")
     if provider == "letsencrypt" and not m.get("domains"):
         r.error(_key(at, "domains"), "a Let's Encrypt certificate needs at least one domain")
+    if provider == "custom":
+        for key in ("challenge", "dns_provider"):
+            if m.get(key) is not None:
+                r.error(_key(at, key), "only for letsencrypt certificates")
+    elif cert["challenge"] == "dns" and m.get("dns_provider") is None:
+        r.error(_key(at, "dns_provider"), "required when challenge is dns")
+    elif cert["challenge"] == "http" and m.get("dns_provider") is not None:
+        r.error(_key(at, "dns_provider"), "only allowed with challenge: dns")
+    if provider == "letsencrypt" and cert["challenge"] == "http":
+        for domain in cert["domains"]:
+            if domain.startswith("*."):
+                r.error(_key(at, "domains"), f"{domain}: wildcard names can only be validated with DNS-01 "
+                                             "(challenge: dns and a dns_provider)")
     return cert
 
 

@@ -50,6 +50,10 @@ streams:
 """
 
 
+CLOUDFLARE_TOKEN = "cf-Token_0123456789abcdefghijklmnopqrstuv"
+TSIG_SECRET = "c2VjcmV0LXRzaWcta2V5LWZvci1nYXRlaG91c2UtdGVzdHM="
+
+
 @pytest.fixture
 def contract():
     """The contract example as data, a fresh copy per test."""
@@ -72,8 +76,8 @@ def tls():
 
 @pytest.fixture
 def full_document(contract, tls):
-    """The contract example plus every other form a key can take: a custom certificate
-    with chain, a disabled host, weights, header-keyed rate limits, IPv6, UDP streams."""
+    """The contract example plus every other form a key can take: DNS providers of both
+    kinds and a wildcard DNS-01 certificate, a custom certificate with chain, a disabled host, weights, header-keyed rate limits, IPv6, UDP streams."""
     doc = contract
     doc["settings"]["default_site"] = {"action": "html", "body": "<h1>Nothing here</h1>\n<p>Move along.</p>\n"}
     doc["settings"]["trusted_proxies"].append("2001:db8::/32")
@@ -82,6 +86,13 @@ def full_document(contract, tls):
     doc["access_lists"].append({"name": "admins", "satisfy": "all", "pass_auth": True,
                                 "users": [{"username": "root", "password": "hunter2"}],
                                 "rules": [{"allow": "10.0.0.0/8"}, {"allow": "2001:db8::/48"}, {"deny": "all"}]})
+    doc["dns_providers"] = [
+        {"name": "cf", "kind": "cloudflare", "api_token": CLOUDFLARE_TOKEN, "propagation_seconds": 10},
+        {"name": "bind", "kind": "rfc2136", "server": "192.168.1.53", "port": 5353, "key_name": "gatehouse-key.",
+         "key_secret": TSIG_SECRET, "algorithm": "hmac-sha512", "propagation_seconds": 60},
+    ]
+    doc["certificates"].append({"name": "wild", "provider": "letsencrypt", "domains": ["*.lab.example.test", "lab.example.test"],
+                                "challenge": "dns", "dns_provider": "bind"})
     doc["certificates"].append({"name": "lab", "provider": "custom", "domains": ["secure.example.test"],
                                 "certificate_pem": tls.cert, "key_pem": tls.key, "chain_pem": tls.chain})
     doc["proxy_hosts"].append({

@@ -228,7 +228,7 @@ def test_replace_resets_settings_the_document_leaves_out(tmp_path):
         "version: 1\nsettings:\n  default_site:\n    action: welcome\n  acme:\n"
         "    directory: https://acme-v02.api.letsencrypt.org/directory\n  tls:\n    fallback: self_signed\n"
         "  trusted_proxies: []\n"
-        "access_lists: []\ncertificates: []\nproxy_hosts: []\nredirection_hosts: []\ndead_hosts: []\nstreams: []\n")
+        "access_lists: []\ndns_providers: []\ncertificates: []\nproxy_hosts: []\nredirection_hosts: []\ndead_hosts: []\nstreams: []\n")
 
 
 def test_check_validates_and_reports_without_changing_anything(tmp_path):

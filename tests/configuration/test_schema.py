@@ -160,7 +160,7 @@ def test_it_reports_every_error_not_just_the_first(contract):
     lines = error_lines(contract)
 
     assert len(lines) == 4, lines
-    assert "surprise: unknown key (expected one of: version, settings, access_lists, certificates, proxy_hosts, " \
+    assert "surprise: unknown key (expected one of: version, settings, access_lists, dns_providers, certificates, proxy_hosts, " \
            "redirection_hosts, dead_hosts, streams)" in lines
 
 
@@ -250,5 +250,5 @@ def test_a_key_written_twice_is_an_error():
 
 def test_a_document_that_is_not_a_mapping_is_one_clear_error():
     assert error_lines(yaml.safe_load("- 1\n- 2\n")) == [
-        "the document must be a mapping with version: 1 and the sections settings, access_lists, certificates, "
-        "proxy_hosts, redirection_hosts, dead_hosts, streams; got a list"]
+        "the document must be a mapping with version: 1 and the sections settings, access_lists, dns_providers, "
+        "certificates, proxy_hosts, redirection_hosts, dead_hosts, streams; got a list"]
