@@ -12,4 +12,7 @@ urlpatterns = [
     path("<int:pk>/renew/", views.certificate_renew, name="renew"),
     path("<int:pk>/", views.certificate_detail, name="detail"),
     path("<int:pk>/delete/", views.certificate_delete, name="delete"),
+    path("dns/", views.dns_provider_list, name="dns_list"),
+    path("dns/add/", views.dns_provider_add, name="dns_add"),
+    path("dns/<int:pk>/delete/", views.dns_provider_delete, name="dns_delete"),
 ]

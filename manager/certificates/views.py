@@ -12,8 +12,8 @@ from django.views.decorators.http import require_POST
 from manager.lib import validators
 
 from . import acme
-from .forms import CustomCertificateForm, LetsEncryptForm
-from .models import Certificate
+from .forms import CustomCertificateForm, DnsProviderForm, LetsEncryptForm
+from .models import Certificate, DnsProvider
 
 
 def _can(permission):
@@ -121,3 +121,43 @@ def certificate_delete(request, pk):
         return redirect("certificates:detail", pk=pk)
     messages.success(request, f"Certificate {certificate.name} deleted.")
     return redirect("certificates:list")
+
+
+# -- DNS providers (DNS-01 credentials): list, add, delete. Secrets are write-only. ----------
+
+
+def _can_dns(permission):
+    return permission_required(f"certificates.{permission}_dnsprovider", raise_exception=True)
+
+
+@login_required
+@_can_dns("view")
+def dns_provider_list(request):
+    providers = DnsProvider.objects.all()
+    return render(request, "certificates/dns_providers.html", {"providers": providers})
+
+
+@login_required
+@_can_dns("add")
+def dns_provider_add(request):
+    form = DnsProviderForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        provider = form.save()
+        messages.success(request, f"DNS provider {provider.name} saved; its secret is stored and will not be shown again.")
+        return redirect("certificates:dns_list")
+    return render(request, "certificates/dns_provider_add.html", {"form": form})
+
+
+@login_required
+@_can_dns("delete")
+@require_POST
+def dns_provider_delete(request, pk):
+    provider = get_object_or_404(DnsProvider, pk=pk)
+    try:
+        provider.delete()
+    except ProtectedError:
+        users = ", ".join(str(c) for c in provider.certificates.all())
+        messages.error(request, f"DNS provider {provider.name} is used by {users}; change or delete those certificates first.")
+        return redirect("certificates:dns_list")
+    messages.success(request, f"DNS provider {provider.name} deleted.")
+    return redirect("certificates:dns_list")
