@@ -12,7 +12,8 @@ connects to 127.0.0.1), so the engine serves that certificate as its default
   full TLS handshake (wrk does not resume sessions), so requests/s = handshakes/s.
 
 Each is run against each proxy in turn, `--rounds` times; the median ratio engine/nginx is
-printed.
+printed. The keep-alive rounds also load the engine's plain HTTP port ("engine-http", the same
+route without TLS) as the ceiling a TLS transport could reach on the same machine.
 """
 import argparse
 import datetime
@@ -87,11 +88,21 @@ def wrk_tls(port, duration, connections, close=False):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
+def wrk_plain(port, duration, connections):
+    import re
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}",
+                          f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--compare", metavar="DIR",
+                        help="also run the engine from DIR (a tree holding another proxy_engine, e.g. "
+                             "`git archive HEAD proxy_engine | tar -x -C DIR`) as engine-ref, same rounds")
     args = parser.parse_args()
     with Rig() as rig:
         tmp = rig.tmp
@@ -115,25 +126,38 @@ def main():
                               "--http-port", str(engine_http), "--https-port", str(engine_port),
                               "--default-certificate", f"{tmp}/tls.pem", "--log-level", "ERROR"], cwd=ROOT),
         ]
+        systems = {"nginx": nginx_port, "engine": engine_port}
+        if args.compare:
+            ref_port = free_port()
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "proxy_engine", "--document-file", f"{tmp}/tls-snapshot.json",
+                 "--http-port", str(free_port()), "--https-port", str(ref_port),
+                 "--default-certificate", f"{tmp}/tls.pem", "--log-level", "ERROR"],
+                cwd=args.compare, env=dict(os.environ, PYTHONPATH=args.compare)))
+            systems["engine-ref"] = ref_port
         try:
-            for port in (nginx_port, engine_port):
+            for port in systems.values():
                 wait_port(port)
             time.sleep(0.5)
-            systems = {"nginx": nginx_port, "engine": engine_port}
             for port in systems.values():
                 wrk_tls(port, 1, args.connections)            # warm up
             for label, close in (("keep-alive requests/s", False), ("new handshakes/s (Connection: close)", True)):
                 results = {name: [] for name in systems}
+                if not close:
+                    results["engine-http"] = []
                 for _ in range(args.rounds):
                     for name, port in systems.items():
                         results[name].append(wrk_tls(port, args.duration, args.connections, close))
+                    if not close:
+                        results["engine-http"].append(wrk_plain(engine_http, args.duration, args.connections))
                 print(f"{label}: wrk -t1 -c{args.connections} -d{args.duration}s https, 1 KiB, "
                       f"{args.rounds} rounds alternating")
                 for name, values in results.items():
-                    print(f"  {name:7s} " + "  ".join(f"{v:,.0f}" for v in values))
-                ratios = [e / n for e, n in zip(results["engine"], results["nginx"])]
-                print(f"  median ratio engine/nginx: {statistics.median(ratios):.2f} "
-                      f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+                    print(f"  {name:11s} " + "  ".join(f"{v:,.0f}" for v in values))
+                for name in [n for n in results if n != "nginx"]:
+                    ratios = [e / n for e, n in zip(results[name], results["nginx"])]
+                    print(f"  median ratio {name}/nginx: {statistics.median(ratios):.2f} "
+                          f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
         finally:
             for proc in procs:
                 proc.terminate()

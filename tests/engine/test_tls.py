@@ -306,6 +306,26 @@ def test_sni_selects_the_exact_certificate_and_the_request_is_forwarded_as_https
     assert seen["headers"]["x-forwarded-proto"] == "https"
 
 
+def test_pipelined_requests_and_a_large_upload_on_one_connection_are_answered_in_order(rig):
+    # Several requests in one TLS read and a body spanning many records and reads: every
+    # record is decrypted and every answer leaves, in order (tls.TlsTransport's loops).
+    import hashlib
+    body = os.urandom(300_000)
+    with rig.handshake("app.example.test") as sock:
+        sock.sendall(b"".join(f"GET /p{i} HTTP/1.1\r\nHost: app.example.test\r\n\r\n".encode() for i in range(20)))
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: app.example.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body)
+        sock.sendall(b"GET /last HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n")
+        answers = []
+        for _ in range(22):
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            answers.append((response.status, json.loads(response.read())))
+    assert [a[1]["path"] for a in answers[:20]] == [f"/p{i}" for i in range(20)]
+    assert answers[20] == (200, {"length": len(body), "sha": hashlib.sha256(body).hexdigest()})
+    assert answers[21][1]["path"] == "/last"
+
+
 def test_sni_selects_the_wildcard_certificate(rig):
     with rig.handshake("x.apps.example.test") as sock:
         assert san(sock) == ["*.apps.example.test"]
