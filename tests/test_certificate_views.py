@@ -4,9 +4,9 @@ import pytest
 import trustme
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from manager.accounts.models import Profile
 from manager.certificates.models import Certificate
 from manager.hosts.models import ProxyHost
 
@@ -25,10 +25,10 @@ def pems():
     }
 
 
-def user(name, *permissions, superuser=False):
+def user(name, certificates="hidden", superuser=False, visibility="all"):
+    """A dashboard user with the given level for certificates (hidden | view | manage)."""
     account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    for codename in permissions:
-        account.user_permissions.add(Permission.objects.get(codename=codename))
+    Profile.objects.create(user=account, certificates=certificates, visibility=visibility)
     return account
 
 
@@ -53,13 +53,25 @@ def test_an_outsider_without_permission_is_refused(as_user):
 def test_a_viewer_sees_the_list_but_cannot_upload_or_delete(as_user, pems):
     cert = Certificate.objects.create(name="home", provider="custom", domains=["nas.home.test"], certificate_pem=pems["cert"],
                                       key_pem=pems["key"], status="valid")
-    browser = as_user(user("viewer", "view_certificate"))
+    browser = as_user(user("viewer", "view"))
     page = browser.get("/certificates/")
     assert page.status_code == 200 and b"nas.home.test" in page.content
     assert b"Upload a custom certificate" not in page.content
     assert browser.get("/certificates/upload/").status_code == 403
     assert browser.post(f"/certificates/{cert.pk}/delete/").status_code == 403
     assert Certificate.objects.filter(pk=cert.pk).exists()
+
+
+def test_visibility_own_hides_other_users_certificates(as_user):
+    mine = user("me", "manage", visibility="own")
+    theirs = Certificate.objects.create(name="theirs", domains=["a.home.test"], status="valid")
+    Certificate.objects.create(name="mine", domains=["b.home.test"], status="valid", owner=mine)
+    browser = as_user(mine)
+    page = browser.get("/certificates/").content.decode()
+    assert "b.home.test" in page and "a.home.test" not in page
+    assert browser.get(f"/certificates/{theirs.pk}/").status_code == 404
+    assert browser.post(f"/certificates/{theirs.pk}/delete/").status_code == 404
+    assert Certificate.objects.filter(pk=theirs.pk).exists()
 
 
 def test_htmx_refresh_renders_only_the_rows(as_user):
@@ -150,7 +162,7 @@ def test_a_wildcard_request_is_refused_with_the_reason(as_user, empty_broker):
 def test_renewing_needs_post_and_change_permission_and_an_acme_certificate(as_user, pems, empty_broker):
     acme_cert = Certificate.objects.create(name="home", provider="letsencrypt", domains=["app.home.test"], status="valid")
     custom = Certificate.objects.create(name="nas", provider="custom", domains=["nas.home.test"], status="valid")
-    viewer = as_user(user("viewer", "view_certificate"))
+    viewer = as_user(user("viewer", "view"))
     assert viewer.post(f"/certificates/{acme_cert.pk}/renew/").status_code == 403
     admin = as_user(user("admin", superuser=True))
     assert admin.get(f"/certificates/{acme_cert.pk}/renew/").status_code == 405
@@ -161,5 +173,5 @@ def test_renewing_needs_post_and_change_permission_and_an_acme_certificate(as_us
 
 
 def test_the_reachability_check_needs_add_permission(as_user):
-    response = as_user(user("viewer", "view_certificate")).post("/certificates/request/check/", {"domains": "localhost"})
+    response = as_user(user("viewer", "view")).post("/certificates/request/check/", {"domains": "localhost"})
     assert response.status_code == 403

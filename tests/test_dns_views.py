@@ -1,5 +1,5 @@
 """Dashboard: the Let's Encrypt form's challenge choice and the DNS providers page
-(model permissions, POST-only mutations, secrets write-only)."""
+(the certificates rights, POST-only mutations, secrets write-only)."""
 import pytest
 
 from manager.certificates.forms import DnsProviderForm, LetsEncryptForm
@@ -59,7 +59,7 @@ def test_provider_form_checks_the_fields_of_its_kind():
 def test_dns_provider_pages_need_permissions_and_post(as_user):  # noqa: F811
     provider = bind()
     assert as_user(user("nobody")).get("/certificates/dns/").status_code == 403
-    viewer = as_user(user("viewer", "view_dnsprovider"))
+    viewer = as_user(user("viewer", "view"))
     page = viewer.get("/certificates/dns/").content.decode()
     assert "bind" in page and "192.0.2.53" in page and SECRET not in page
     assert viewer.post(f"/certificates/dns/{provider.pk}/delete/").status_code == 403

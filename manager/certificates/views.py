@@ -1,14 +1,18 @@
-"""Certificate pages: list, detail, custom upload, delete.
+"""Certificate pages: list, detail, request, custom upload, renew, delete, DNS providers.
 
-Access: Django model permissions (`certificates.view_certificate`, `add_`, `delete_`);
-every mutating view is POST-only and CSRF-protected. The private key is never shown.
+Access: the user's rights for certificates (`manager.accounts.access`: view to read,
+manage for anything else; visibility all/own); every mutating view is POST-only and
+CSRF-protected. Private keys and DNS secrets are never shown.
 """
+from functools import wraps
+
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.db.models import ProtectedError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from manager.accounts import access
 from manager.lib import validators
 
 from . import acme
@@ -17,13 +21,26 @@ from .models import Certificate, DnsProvider
 
 
 def _can(permission):
-    return permission_required(f"certificates.{permission}_certificate", raise_exception=True)
+    """The user's level for certificates: "view" for reading, "manage" for anything else."""
+    needed = "view" if permission == "view" else "manage"
+
+    def decorator(view):
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            access.require(request.user, "certificates", needed)
+            return view(request, *args, **kwargs)
+        return checked
+    return decorator
+
+
+def _certificate(request, pk, needed="view"):
+    return access.get_visible(request.user, "certificates", Certificate.objects, pk, needed)
 
 
 @login_required
 @_can("view")
 def certificate_list(request):
-    certificates = Certificate.objects.all()
+    certificates = access.visible(request.user, "certificates", Certificate.objects.all())
     template = "certificates/_rows.html" if request.htmx else "certificates/list.html"
     return render(request, template, {"certificates": certificates})
 
@@ -31,7 +48,7 @@ def certificate_list(request):
 @login_required
 @_can("view")
 def certificate_detail(request, pk):
-    certificate = get_object_or_404(Certificate, pk=pk)
+    certificate = _certificate(request, pk)
     issuer = None
     if certificate.certificate_pem:
         try:
@@ -86,7 +103,7 @@ def certificate_request(request):
 @_can("change")
 @require_POST
 def certificate_renew(request, pk):
-    certificate = get_object_or_404(Certificate, pk=pk)
+    certificate = _certificate(request, pk, "manage")
     if certificate.provider != "letsencrypt":
         messages.error(request, f"{certificate.name} is an uploaded certificate: upload a new one instead.")
     elif certificate.progress in ("queued", "validating"):
@@ -112,7 +129,7 @@ def certificate_upload(request):
 @_can("delete")
 @require_POST
 def certificate_delete(request, pk):
-    certificate = get_object_or_404(Certificate, pk=pk)
+    certificate = _certificate(request, pk, "manage")
     try:
         certificate.delete()
     except ProtectedError:
@@ -126,8 +143,7 @@ def certificate_delete(request, pk):
 # -- DNS providers (DNS-01 credentials): list, add, delete. Secrets are write-only. ----------
 
 
-def _can_dns(permission):
-    return permission_required(f"certificates.{permission}_dnsprovider", raise_exception=True)
+_can_dns = _can     # DNS providers are part of the certificates' rights
 
 
 @login_required
