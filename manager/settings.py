@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "manager.access",
     "manager.certificates",
     "manager.hosts",
+    "manager.audit",
     "manager.configuration",
     "manager.dashboard",
 ]
