@@ -7,5 +7,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("certificates/", include("manager.certificates.urls")),
+    path("hosts/", include("manager.hosts.urls")),
     path("", include("manager.dashboard.urls")),
 ]
