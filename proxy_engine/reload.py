@@ -16,12 +16,20 @@ on the next tick. On success `on_snapshot(snapshot)` is called on the reactor th
 failure the error is logged (a `SnapshotError` lists paths and problems, never secret values)
 and the last good snapshot keeps serving.
 
+Status hook: when given, `on_status(revision, error, hosts)` is called in a thread (never on
+the reactor thread) after every swap and every failed load or parse, and at least every
+`status_interval` seconds as a heartbeat: `revision` is the served one (None before the first
+good snapshot), `error` the last load/parse error (None once a later revision is served) and
+`hosts` the ids of the proxy hosts a `SnapshotError` names by path (`proxy_hosts[2]...`).
+Its failures are logged and otherwise ignored.
+
 The Redis subscriber is a daemon thread using redis-py: it subscribes to `gatehouse:config`,
 hands each message to the reactor with `callFromThread`, and reconnects with exponential
 backoff (capped) when Redis is down. After every (re)subscribe it asks for a check, in case a
 message was missed meanwhile. Blocking work never runs on the reactor thread.
 """
 import logging
+import re
 import threading
 
 from twisted.internet import threads
@@ -34,6 +42,9 @@ CHANNEL = "gatehouse:config"
 STOPPED, WAITING, CHECKING, LOADING = "stopped", "waiting", "checking", "loading"
 
 
+_HOST_PATH = re.compile(r"^proxy_hosts\[(\d+)\]")
+
+
 def _load_and_parse(load_document, parse):
     document = load_document()
     try:
@@ -41,12 +52,28 @@ def _load_and_parse(load_document, parse):
     except SnapshotError as exc:
         revision = document.get("revision") if isinstance(document, dict) else None
         exc.revision = revision if isinstance(revision, int) else None
+        exc.host_ids = _failing_host_ids(document, exc)
         raise
+
+
+def _failing_host_ids(document, exc):
+    """The `id` of every proxy host a SnapshotError path points at (`proxy_hosts[2]...`)."""
+    hosts = document.get("proxy_hosts") if isinstance(document, dict) else None
+    ids = []
+    for error in getattr(exc, "errors", ()):
+        match = _HOST_PATH.match(error)
+        if match and isinstance(hosts, list) and int(match.group(1)) < len(hosts):
+            host = hosts[int(match.group(1))]
+            host_id = host.get("id") if isinstance(host, dict) else None
+            if isinstance(host_id, int) and host_id not in ids:
+                ids.append(host_id)
+    return tuple(ids)
 
 
 class ConfigWatcher:
     def __init__(self, reactor, load_document, current_revision, on_snapshot, redis_url=None,
-                 poll_interval=2.0, parse=parse_snapshot, run_in_thread=None, channel=CHANNEL):
+                 poll_interval=2.0, parse=parse_snapshot, run_in_thread=None, channel=CHANNEL,
+                 on_status=None, status_interval=30.0, clock=None):
         self.reactor = reactor
         self.load_document = load_document
         self.current_revision = current_revision
@@ -62,6 +89,11 @@ class ConfigWatcher:
         self.refused_revision = None
         self.last_error = None
         self.again = False
+        self.on_status = on_status
+        self.status_interval = status_interval
+        self.error_hosts = ()
+        self._clock = clock or reactor.seconds
+        self._status_sent_at = None
         self._poll_call = None
         self._stopping = threading.Event()
         self._thread = None
@@ -91,6 +123,8 @@ class ConfigWatcher:
         if self.state is STOPPED:
             return
         self.check()
+        if self._status_sent_at is not None and self._clock() - self._status_sent_at >= self.status_interval:
+            self._report_status()
         self._poll_call = self.reactor.callLater(self.poll_interval, self._tick)
 
     def notify(self, revision):
@@ -140,7 +174,9 @@ class ConfigWatcher:
             else:
                 self.revision = snapshot.revision
                 self.last_error = None
+                self.error_hosts = ()
                 log.info("serving configuration revision %s", snapshot.revision)
+                self._report_status()
         self._maybe_again()
 
     def _load_failed(self, failure):
@@ -150,14 +186,27 @@ class ConfigWatcher:
         exc = failure.value
         if isinstance(exc, SnapshotError):
             self.refused_revision = getattr(exc, "revision", None)
+            self.error_hosts = getattr(exc, "host_ids", ())
             message = str(exc)
         else:
             # Only the type and message: never the document, which holds secrets.
+            self.error_hosts = ()
             message = f"could not load: {type(exc).__name__}: {exc}"
-        if message != self.last_error:
+        changed = message != self.last_error
+        if changed:
             log.error("configuration not applied, keeping revision %s: %s", self.revision, message)
         self.last_error = message
+        if changed or self._status_sent_at is None:
+            self._report_status()
         self._maybe_again()
+
+    def _report_status(self):
+        """Hand (served revision, last error, failing host ids) to `on_status` in a thread."""
+        if self.on_status is None:
+            return
+        self._status_sent_at = self._clock()
+        d = self.run_in_thread(self.on_status, self.revision, self.last_error, self.error_hosts)
+        d.addErrback(lambda failure: log.warning("could not report the engine status: %s", failure.value))
 
     def _maybe_again(self):
         if self.again:

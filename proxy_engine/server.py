@@ -21,7 +21,8 @@ and the access log with the plain one (which gets the HTTPS port for force-HTTPS
 `load_document()` and `current_revision()` are blocking callables; they only ever run in
 the reactor's thread pool (see `proxy_engine.reload`). So does `record_upstream_errors(events,
 dropped)`, the writer of the upstream error sink (`proxy_engine.events`), when given; what
-is still buffered is written after the drain, before the worker exits.
+is still buffered is written after the drain, before the worker exits. So does
+`on_status(revision, error, hosts)`, the worker's status report (`ConfigWatcher`).
 """
 import ctypes
 import logging
@@ -91,7 +92,7 @@ def _drain(reactor, factories, ports, timeout):
 
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
                poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None,
-               access_log="off", https_port=None, tls_server=None):
+               access_log="off", https_port=None, tls_server=None, on_status=None):
     """Run one reactor serving the engine until it is stopped (signals stop it).
 
     `access_log` is a path, "-" (stdout) or "off" (`proxy_engine.accesslog.open_access_log`).
@@ -124,7 +125,7 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
             f.swap(snapshot)
 
     watcher = ConfigWatcher(reactor, load_document, current_revision, swap, parse=parse,
-                            redis_url=redis_url, poll_interval=poll_interval)
+                            redis_url=redis_url, poll_interval=poll_interval, on_status=on_status)
     ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
     log.info("engine worker %s listening on %s port %s", os.getpid(), ", ".join(addresses), http_port)
     if serve_https:
@@ -154,7 +155,7 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
         redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
-        record_upstream_errors=None, access_log="off", default_certificate=None):
+        record_upstream_errors=None, access_log="off", default_certificate=None, on_status=None):
     """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers.
 
     `https_port` (None/0: no HTTPS); `default_certificate`: a PEM file with the certificate
@@ -169,7 +170,7 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
                   current_revision=current_revision, redis_url=redis_url,
                   poll_interval=poll_interval, drain_timeout=drain_timeout,
                   record_upstream_errors=record_upstream_errors, access_log=access_log,
-                  https_port=https_port, tls_server=tls_server)
+                  https_port=https_port, tls_server=tls_server, on_status=on_status)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0

@@ -6,4 +6,7 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("hosts/<int:pk>/status/", views.host_status, name="host_status"),
+    path("hosts/<int:pk>/status/test/", views.host_probe, name="host_probe"),
+    path("lookup/", views.lookup, name="lookup"),
 ]

@@ -1,20 +1,45 @@
-"""Dashboard pages. The full dashboard is its own issue; this is the overview."""
+"""Dashboard pages: the overview, a proxy host's status (applied / pending / the engine's
+error, its last upstream errors, "Test upstream") and the request id lookup.
+
+Access: proxy host pages need the "view" right for proxy hosts and the host visible to the
+user (`manager.accounts.access`: 404 otherwise); "Test upstream" is POST-only (it opens
+connections) and needs the same right, as it only reaches the host's configured upstreams.
+"""
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.utils import timezone
 from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
 
+from manager.accounts import access
 from manager.certificates.models import Certificate
-from manager.hosts.models import DeadHost, ProxyHost, RedirectionHost, Stream
+from manager.hosts.models import DeadHost, EngineNode, ProxyHost, RedirectionHost, Stream, UpstreamError
 from manager.hosts.revision import current_revision
+
+from . import probe, status
+
+LAST_ERRORS = 20
+
+
+def _visible_hosts(user):
+    if not access.allowed(user, "proxy_hosts", "view"):
+        return ProxyHost.objects.none()
+    return access.visible(user, "proxy_hosts", ProxyHost.objects.all())
 
 
 @login_required
 def overview(request):
+    proxy_hosts = list(ProxyHost.objects.all())
+    states = status.host_states(proxy_hosts)
+    for host in proxy_hosts:
+        host.state = states[host.pk]
+    counts = {state: sum(1 for s in states.values() if s == state) for state in ("serving", "disabled", "error")}
+    visible = _visible_hosts(request.user)
     return render(request, "dashboard/overview.html", {
-        "proxy_hosts": ProxyHost.objects.all(),
+        "proxy_hosts": proxy_hosts,
+        "host_counts": counts,
         "redirection_hosts": RedirectionHost.objects.all(),
         "dead_hosts": DeadHost.objects.all(),
         "streams": Stream.objects.all(),
@@ -22,4 +47,45 @@ def overview(request):
         "certificate_alerts": Certificate.objects.filter(
             Q(status="error") | Q(expires_at__lt=timezone.now() + timedelta(days=30))).order_by("expires_at"),
         "revision": current_revision(),
+        "latest_errors": UpstreamError.objects.filter(proxy_host__in=visible).select_related("proxy_host")[:10],
+        "nodes": EngineNode.live(),
     })
+
+
+def _host(request, pk):
+    return access.get_visible(request.user, "proxy_hosts", ProxyHost.objects.select_related("last_change"), pk)
+
+
+@login_required
+def host_status(request, pk):
+    """The whole page, or (htmx) the status panel alone, which polls while pending."""
+    host = _host(request, pk)
+    context = {"host": host, "status": status.host_status(host), "current_revision": current_revision()}
+    if request.htmx and request.GET.get("panel") == "status":
+        return render(request, "dashboard/_host_status.html", context)
+    context["errors"] = host.upstream_errors.all()[:LAST_ERRORS]
+    return render(request, "dashboard/host_status.html", context)
+
+
+@login_required
+@require_POST
+def host_probe(request, pk):
+    host = _host(request, pk)
+    return render(request, "dashboard/_probe.html", {"host": host, "results": probe.probe_host(host)})
+
+
+@login_required
+def lookup(request):
+    """Find the upstream error of a request id (from the engine's error page)."""
+    request_id = request.GET.get("request_id", "").strip()[:64]
+    row = None
+    if request_id:
+        row = UpstreamError.objects.filter(request_id=request_id).select_related("proxy_host").first()
+        if row is not None:
+            if row.proxy_host_id is None:
+                allowed = request.user.is_superuser
+            else:
+                allowed = _visible_hosts(request.user).filter(pk=row.proxy_host_id).exists()
+            if not allowed:
+                row = None
+    return render(request, "dashboard/lookup.html", {"request_id": request_id, "row": row})

@@ -266,3 +266,47 @@ def domain_conflicts(domains, exclude=None):
                 if name in wanted:
                     conflicts.append(DomainConflict(name, host))
     return conflicts
+
+
+class EngineNode(models.Model):
+    """One engine worker's report (upserted by `runproxy` after every swap or failed load and
+    as a heartbeat every 30 s): the revision it serves and its last load/parse error. A row
+    not updated for `GONE_AFTER` belongs to a worker that is gone."""
+
+    GONE_AFTER = datetime.timedelta(minutes=2)
+
+    name = models.CharField(max_length=200, unique=True, help_text="host name and process id")
+    served_revision = models.BigIntegerField(null=True, blank=True)
+    served_at = models.DateTimeField(null=True, blank=True, help_text="when it began serving that revision")
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    error_hosts = models.JSONField(default=list, blank=True, help_text="ids of the proxy hosts the error names")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} (revision {self.served_revision})"
+
+    @classmethod
+    def live(cls, now=None):
+        return cls.objects.filter(updated_at__gte=(now or timezone.now()) - cls.GONE_AFTER)
+
+    @classmethod
+    def report(cls, name, revision, error=None, hosts=(), now=None):
+        """Upsert the row of worker `name`; `error` None means no error since `revision`."""
+        now = now or timezone.now()
+        with transaction.atomic():
+            node, _ = cls.objects.get_or_create(name=name)
+            if revision != node.served_revision:
+                node.served_revision, node.served_at = revision, now
+            if error:
+                if error != node.last_error:
+                    node.last_error_at = now
+                node.last_error, node.error_hosts = error[:5000], [h for h in hosts if isinstance(h, int)]
+            else:
+                node.last_error, node.last_error_at, node.error_hosts = "", None, []
+            node.updated_at = now
+            node.save()
+        return node

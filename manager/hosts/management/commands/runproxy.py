@@ -3,9 +3,12 @@
 Thin wiring: the engine (`proxy_engine.server.run`) is Django-free; this command hands it
 `build_snapshot`, `current_revision` and `UpstreamError.record` (the writer of the engine's
 upstream error records) wrapped so that Django database connections are only opened, used
-and closed in the engine's worker threads, never on the reactor thread.
+and closed in the engine's worker threads, never on the reactor thread. Each worker reports its
+status (served revision, last load/parse error) to `hosts.EngineNode` under the name
+"<host name>:<pid>" the same way.
 """
 import os
+import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -23,6 +26,13 @@ def in_worker_thread(function):
         finally:
             close_old_connections()
     return call
+
+
+def report_status(revision, error, hosts=()):
+    """The engine's `on_status` hook (in a thread of the worker reporting)."""
+    from manager.hosts.models import EngineNode
+
+    EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts)
 
 
 class Command(BaseCommand):
@@ -59,6 +69,7 @@ class Command(BaseCommand):
             before_fork=connections.close_all,
             record_upstream_errors=in_worker_thread(UpstreamError.record),
             access_log=options["access_log"],
+            on_status=in_worker_thread(report_status),
         )
         if return_code:
             raise SystemExit(return_code)
