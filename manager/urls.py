@@ -8,5 +8,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("certificates/", include("manager.certificates.urls")),
     path("hosts/", include("manager.hosts.urls")),
+    path("access-lists/", include("manager.access.urls")),
     path("", include("manager.dashboard.urls")),
 ]

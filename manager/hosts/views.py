@@ -12,6 +12,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from django_htmx.http import trigger_client_event
@@ -31,11 +32,22 @@ class Kind:
     key: str            # the access kind, e.g. "proxy_hosts"
     model: type
     form: type
-    url: str            # URL name prefix in the "hosts" namespace, e.g. "proxy"
+    url: str            # URL name prefix in `namespace`, e.g. "proxy" (proxy_list, proxy_add, ...)
     title: str          # "Proxy hosts"
     singular: str       # "proxy host"
     columns: tuple
     row_template: str
+    namespace: str = "hosts"
+
+    def snapshot(self, item):
+        """The audit view of an item: its fields, plus its locations, users and rules."""
+        data = snapshot(item)
+        if isinstance(item, ProxyHost):
+            data["locations"] = [snapshot(location, exclude=("id", "proxy_host")) for location in item.locations.all()]
+        if hasattr(item, "rules"):
+            data["users"] = [user.username for user in item.users.all()]
+            data["rules"] = [f"{rule.action} {rule.source}" for rule in item.rules.all()]
+        return data
 
     def search_text(self, item):
         if isinstance(item, ProxyHost):
@@ -44,6 +56,8 @@ class Kind:
         if isinstance(item, RedirectionHost):
             return " ".join([*item.domains, item.to])
         if isinstance(item, Stream):
+            return str(item)
+        if not hasattr(item, "domains"):
             return str(item)
         return " ".join(item.domains)
 
@@ -63,9 +77,8 @@ def _item(request, kind, pk, needed="view"):
 
 
 def _context(request, kind, **extra):
-    return {"kind": kind, "can_manage": access.allowed(request.user, kind.key, "manage"), "list_url": f"hosts:{kind.url}_list", "add_url": f"hosts:{kind.url}_add",
-            "edit_url": f"hosts:{kind.url}_edit", "toggle_url": f"hosts:{kind.url}_toggle",
-            "delete_url": f"hosts:{kind.url}_delete", **extra}
+    names = {f"{action}_url": f"{kind.namespace}:{kind.url}_{action}" for action in ("list", "add", "edit", "toggle", "delete")}
+    return {"kind": kind, "can_manage": access.allowed(request.user, kind.key, "manage"), **names, **extra}
 
 
 def item_list(request, kind):
@@ -82,14 +95,14 @@ def item_list(request, kind):
 def item_form(request, kind, pk=None):
     access.require(request.user, kind.key, "manage")
     item = _item(request, kind, pk, "manage") if pk is not None else None
-    before = snapshot(item) if item is not None else None
+    before = kind.snapshot(item) if item is not None else None
     form = kind.form(request.POST or None, instance=item, user=request.user)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
             saved = form.save(owner=request.user)
-            record(request.user, "updated" if before else "created", saved, before=before, after=snapshot(saved))
+            record(request.user, "updated" if before else "created", saved, before=before, after=kind.snapshot(saved))
         messages.success(request, f"{kind.singular.capitalize()} {saved} saved; the proxy serves it within seconds.")
-        return redirect(f"hosts:{kind.url}_list")
+        return redirect(f"{kind.namespace}:{kind.url}_list")
     return render(request, "hosts/form.html", _context(request, kind, form=form, item=item))
 
 
@@ -114,17 +127,22 @@ def item_toggle(request, kind, pk):
         messages.error(request, f"{item} stays {'enabled' if item.enabled else 'disabled'}: {error}")
     else:
         messages.success(request, f"{item} {'enabled' if item.enabled else 'disabled'}.")
-    return redirect(f"hosts:{kind.url}_list")
+    return redirect(f"{kind.namespace}:{kind.url}_list")
 
 
 def item_delete(request, kind, pk):
     item = _item(request, kind, pk, "manage")
-    before, label = snapshot(item), str(item)
-    with transaction.atomic():
-        record(request.user, "deleted", item, before=before)
-        item.delete()
+    before, label = kind.snapshot(item), str(item)
+    try:
+        with transaction.atomic():
+            record(request.user, "deleted", item, before=before)
+            item.delete()
+    except ProtectedError as exc:
+        users = ", ".join(sorted({str(obj) for obj in exc.protected_objects}))
+        messages.error(request, f"{kind.singular.capitalize()} {label} is used by {users}; change those first.")
+        return redirect(f"{kind.namespace}:{kind.url}_list")
     messages.success(request, f"{kind.singular.capitalize()} {label} deleted.")
-    return redirect(f"hosts:{kind.url}_list")
+    return redirect(f"{kind.namespace}:{kind.url}_list")
 
 
 def views_for(kind):
