@@ -24,3 +24,15 @@ class Profile(models.Model):
 
     def __str__(self):
         return f"rights of {self.user}"
+
+
+class FailedLogin(models.Model):
+    """One failed login attempt; `manager.accounts.throttle` counts recent ones per username
+    and per client address. A table, so every dashboard worker process sees the same counts."""
+
+    username = models.CharField(max_length=150, db_index=True)
+    address = models.CharField(max_length=45, db_index=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return f"failed login for {self.username!r} from {self.address} at {self.created_at}"
