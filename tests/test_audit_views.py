@@ -1,0 +1,47 @@
+"""The audit log page: administrators only, newest first, filters, before/after diff."""
+import pytest
+from django.contrib.auth import get_user_model
+
+from manager.accounts.models import Profile
+from manager.audit.log import record
+from manager.audit.models import AuditEntry
+from manager.audit.views import changes
+
+pytestmark = pytest.mark.django_db
+PASSWORD = "a-long-passphrase-42"
+
+
+def user(name, superuser=False):
+    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
+    Profile.objects.create(user=account, visibility="all", proxy_hosts="manage", certificates="manage")
+    return account
+
+
+def test_changes_lists_only_the_fields_that_differ():
+    assert changes({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == [("b", 2, 3), ("c", None, 4)]
+    assert changes(None, {"name": "x"}) == [("name", None, "x")]
+    assert changes({"name": "x"}, None) == [("name", "x", None)]
+
+
+def test_the_audit_log_is_for_admins_only(client):
+    assert client.get("/audit/").status_code == 302
+    client.login(username=user("manager").username, password=PASSWORD)
+    assert client.get("/audit/").status_code == 403
+
+
+def test_entries_show_newest_first_with_their_diff_and_filter(client):
+    root, other = user("root", superuser=True), user("other", superuser=True)
+    record(other, "updated", kind="settings", object_repr="Settings", before={"tls_fallback": "self_signed"},
+           after={"tls_fallback": "reject"})
+    record(root, "deleted", kind="certificate", object_repr="home", before={"name": "home"})
+    client.login(username="root", password=PASSWORD)
+
+    page = client.get("/audit/").content.decode()
+    assert page.index("<strong>home</strong>") < page.index("<strong>Settings</strong>")
+    assert "self_signed" in page and "reject" in page
+
+    filtered = client.get("/audit/", {"kind": "settings"}).content.decode()
+    assert "reject" in filtered and "<strong>home</strong>" not in filtered
+    by_user = client.get("/audit/", {"user": "root"}).context["page"]
+    assert [entry.kind for entry in by_user] == ["certificate"]
+    assert AuditEntry.objects.count() == 2
