@@ -190,3 +190,11 @@ def test_delete_rejects_get_and_records_the_deleted_host(as_user):
     assert not ProxyHost.objects.exists()
     entry = AuditEntry.objects.get()
     assert entry.action == "deleted" and entry.before["domains"] == ["app.home.test"] and entry.object_id == str(item.pk)
+
+
+def test_the_add_page_has_every_section_and_the_list_refreshes_after_changes(as_user):
+    browser = as_user(user("manager", "manage"))
+    page = browser.get("/hosts/add/").content.decode()
+    for section in ("Details", "Locations", "SSL", "Access", "Traffic", "Headers", "Exploit blocking"):
+        assert f"<legend>{section}</legend>" in page
+    assert 'hx-trigger="hostsChanged from:body"' in browser.get("/hosts/").content.decode()
