@@ -45,3 +45,30 @@ def test_entries_show_newest_first_with_their_diff_and_filter(client):
     by_user = client.get("/audit/", {"user": "root"}).context["page"]
     assert [entry.kind for entry in by_user] == ["certificate"]
     assert AuditEntry.objects.count() == 2
+
+
+def test_certificate_and_dns_provider_changes_are_audited_without_secrets(client):
+    import trustme
+
+    from manager.certificates.models import Certificate, DnsProvider
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("nas.home.test")
+    cert_pem, key_pem = leaf.cert_chain_pems[0].bytes().decode(), leaf.private_key_pem.bytes().decode()
+    token = "cf-token-" + "x" * 32
+    user("root", superuser=True)
+    client.login(username="root", password=PASSWORD)
+
+    client.post("/certificates/upload/", {"name": "nas", "certificate_pem": cert_pem, "key_pem": key_pem})
+    cert = Certificate.objects.get(name="nas")
+    client.post(f"/certificates/{cert.pk}/delete/")
+    client.post("/certificates/dns/add/", {"name": "cf", "kind": "cloudflare", "api_token": token,
+                                           "propagation_seconds": 10})
+    client.post(f"/certificates/dns/{DnsProvider.objects.get(name='cf').pk}/delete/")
+
+    entries = list(AuditEntry.objects.order_by("id").values_list("action", "kind", "object_repr"))
+    assert [(action, kind) for action, kind, _ in entries] == [
+        ("uploaded", "certificate"), ("deleted", "certificate"), ("created", "dnsprovider"), ("deleted", "dnsprovider")]
+    everything = str(list(AuditEntry.objects.values_list("before", "after")))
+    assert "nas.home.test" in everything
+    assert token not in everything and "PRIVATE KEY" not in everything and "BEGIN CERTIFICATE" not in everything

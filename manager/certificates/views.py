@@ -8,11 +8,13 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import ProtectedError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from manager.accounts import access
+from manager.audit.log import record, snapshot
 from manager.lib import validators
 
 from . import acme
@@ -35,6 +37,11 @@ def _can(permission):
 
 def _certificate(request, pk, needed="view"):
     return access.get_visible(request.user, "certificates", Certificate.objects, pk, needed)
+
+
+def _facts(certificate):
+    """What the audit log keeps of a certificate: no PEMs (the key is left out by snapshot())."""
+    return snapshot(certificate, exclude=("certificate_pem", "chain_pem"))
 
 
 @login_required
@@ -92,7 +99,9 @@ def _queue(certificate):
 def certificate_request(request):
     form = LetsEncryptForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        certificate = form.save(owner=request.user)
+        with transaction.atomic():
+            certificate = form.save(owner=request.user)
+            record(request.user, "requested", certificate, after=_facts(certificate))
         _queue(certificate)
         messages.success(request, f"Certificate {certificate.name} requested; this page shows its progress.")
         return redirect("certificates:detail", pk=certificate.pk)
@@ -109,6 +118,7 @@ def certificate_renew(request, pk):
     elif certificate.progress in ("queued", "validating"):
         messages.error(request, f"{certificate.name} is already being requested.")
     else:
+        record(request.user, "renewed", certificate, before=_facts(certificate))
         _queue(certificate)
         messages.success(request, f"Renewal of {certificate.name} queued.")
     return redirect("certificates:detail", pk=pk)
@@ -119,7 +129,9 @@ def certificate_renew(request, pk):
 def certificate_upload(request):
     form = CustomCertificateForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
-        certificate = form.save(owner=request.user)
+        with transaction.atomic():
+            certificate = form.save(owner=request.user)
+            record(request.user, "uploaded", certificate, after=_facts(certificate))
         messages.success(request, f"Certificate {certificate.name} saved; it covers {', '.join(certificate.domains)}.")
         return redirect("certificates:detail", pk=certificate.pk)
     return render(request, "certificates/upload.html", {"form": form})
@@ -130,8 +142,11 @@ def certificate_upload(request):
 @require_POST
 def certificate_delete(request, pk):
     certificate = _certificate(request, pk, "manage")
+    before = _facts(certificate)
     try:
-        certificate.delete()
+        with transaction.atomic():
+            record(request.user, "deleted", certificate, before=before)
+            certificate.delete()
     except ProtectedError:
         users = ", ".join(str(host) for host in certificate.proxy_hosts.all())
         messages.error(request, f"Certificate {certificate.name} is used by {users}; change those hosts first.")
@@ -158,7 +173,9 @@ def dns_provider_list(request):
 def dns_provider_add(request):
     form = DnsProviderForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        provider = form.save()
+        with transaction.atomic():
+            provider = form.save()
+            record(request.user, "created", provider, after=snapshot(provider))
         messages.success(request, f"DNS provider {provider.name} saved; its secret is stored and will not be shown again.")
         return redirect("certificates:dns_list")
     return render(request, "certificates/dns_provider_add.html", {"form": form})
@@ -170,7 +187,9 @@ def dns_provider_add(request):
 def dns_provider_delete(request, pk):
     provider = get_object_or_404(DnsProvider, pk=pk)
     try:
-        provider.delete()
+        with transaction.atomic():
+            record(request.user, "deleted", provider, before=snapshot(provider))
+            provider.delete()
     except ProtectedError:
         users = ", ".join(str(c) for c in provider.certificates.all())
         messages.error(request, f"DNS provider {provider.name} is used by {users}; change or delete those certificates first.")
