@@ -23,28 +23,35 @@ from . import probe, status
 LAST_ERRORS = 20
 
 
+def _visible(user, kind, queryset):
+    """What of `kind` the user may see; nothing (not a 403) where the kind is hidden to them."""
+    if not access.allowed(user, kind, "view"):
+        return queryset.none()
+    return access.visible(user, kind, queryset)
+
+
 def _visible_hosts(user):
-    if not access.allowed(user, "proxy_hosts", "view"):
-        return ProxyHost.objects.none()
-    return access.visible(user, "proxy_hosts", ProxyHost.objects.all())
+    return _visible(user, "proxy_hosts", ProxyHost.objects.all())
 
 
 @login_required
 def overview(request):
-    proxy_hosts = list(ProxyHost.objects.all())
+    user = request.user
+    visible = _visible_hosts(user)
+    proxy_hosts = list(visible)
     states = status.host_states(proxy_hosts)
     for host in proxy_hosts:
         host.state = states[host.pk]
     counts = {state: sum(1 for s in states.values() if s == state) for state in ("serving", "disabled", "error")}
-    visible = _visible_hosts(request.user)
+    certificates = _visible(user, "certificates", Certificate.objects.all())
     return render(request, "dashboard/overview.html", {
         "proxy_hosts": proxy_hosts,
         "host_counts": counts,
-        "redirection_hosts": RedirectionHost.objects.all(),
-        "dead_hosts": DeadHost.objects.all(),
-        "streams": Stream.objects.all(),
-        "certificates": Certificate.objects.all(),
-        "certificate_alerts": Certificate.objects.filter(
+        "redirection_hosts": _visible(user, "redirection_hosts", RedirectionHost.objects.all()),
+        "dead_hosts": _visible(user, "dead_hosts", DeadHost.objects.all()),
+        "streams": _visible(user, "streams", Stream.objects.all()),
+        "certificates": certificates,
+        "certificate_alerts": certificates.filter(
             Q(status="error") | Q(expires_at__lt=timezone.now() + timedelta(days=30))).order_by("expires_at"),
         "revision": current_revision(),
         "latest_errors": UpstreamError.objects.filter(proxy_host__in=visible).select_related("proxy_host")[:10],
