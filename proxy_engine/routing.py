@@ -18,7 +18,7 @@ The Router and its routes are owned by one snapshot and never mutated after buil
 from the round-robin cursors inside each group.
 """
 from proxy_engine.balancer import UpstreamGroup
-from proxy_engine.pages import NOT_FOUND_PAGE, WELCOME_PAGE
+from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
 
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 NOT_ACME = object()
@@ -108,8 +108,10 @@ class Router:
                 key = name.encode("ascii")
                 (wildcard if key.startswith(b"*.") else exact)[key] = route
 
+        closed = StaticRoute(403, ACCESS_CLOSED_PAGE)
         for host in snapshot.proxy_hosts:
-            add(host.domains, ProxyRoute(host, scheme, https_port, snapshot.tls))
+            # Fail closed: an access list the engine cannot enforce yet must not leave the host open.
+            add(host.domains, closed if host.access_list else ProxyRoute(host, scheme, https_port, snapshot.tls))
         for host in snapshot.redirection_hosts:
             add(host.domains, RedirectRoute(host.to, host.code, host.preserve_path))
         dead = StaticRoute(404, NOT_FOUND_PAGE)

@@ -154,7 +154,10 @@ class ProxyHostForm(SchemaForm):
     hsts = forms.BooleanField(required=False, label="HSTS")
     hsts_subdomains = forms.BooleanField(required=False, label="HSTS: include subdomains")
     hsts_preload = forms.BooleanField(required=False, label="HSTS: preload")
-    access_list = forms.ModelChoiceField(queryset=AccessList.objects.none(), required=False, empty_label="(public)")
+    access_list = forms.ModelChoiceField(
+        queryset=AccessList.objects.none(), required=False, empty_label="(public)",
+        help_text="Not enforced by the proxy yet: a host with an access list answers 403 to everyone "
+                  "(closed rather than open) until access control lands.")
     lb_policy = forms.ChoiceField(choices=ProxyHost.POLICY_CHOICES, initial="round_robin", label="Load balancing policy")
     health_check_path = forms.CharField(required=False, label="Health check path", help_text="e.g. /health; empty = no active health check.")
     health_check_interval = forms.CharField(required=False, label="Health check interval", help_text="e.g. 10s (the default).")

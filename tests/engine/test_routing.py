@@ -84,3 +84,15 @@ def test_smooth_weighted_round_robin_interleaves_by_weight():
     group = UpstreamGroup((a, b))
     picks = [group.pick().host for _ in range(6)]
     assert picks.count("b") == 4 and picks.count("a") == 2
+
+
+def test_a_host_with_an_access_list_is_closed_until_access_lists_are_enforced():
+    from proxy_engine.routing import Router
+    from proxy_engine.snapshot import parse_snapshot
+    from tests.engine.support import document
+
+    doc = document()
+    doc["proxy_hosts"][0]["access_list"] = "family"
+    route = Router(parse_snapshot(doc)).route(b"app.example.test")
+    assert (route.kind, route.status) == ("static", 403)
+    assert b"access list" in route.body
