@@ -12,6 +12,7 @@ import sys
 
 from proxy_engine.events import log_upstream_errors
 from proxy_engine.server import run
+from proxy_engine.traffic import log_traffic
 
 
 def file_source(path):
@@ -40,6 +41,8 @@ def main(argv=None):
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--access-log", default="off",
                         help='access log: a file path (JSON lines, rotated at 10 MiB x 5), "-" for stdout, or "off"')
+    parser.add_argument("--traffic-interval", type=float, default=10.0,
+                        help="seconds per bucket of the per-host request/error counts (logged at DEBUG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,7 +51,8 @@ def main(argv=None):
                workers=args.workers, load_document=load_document, current_revision=current_revision,
                redis_url=args.redis_url or None, poll_interval=args.poll_interval,
                record_upstream_errors=log_upstream_errors, access_log=args.access_log,
-               default_certificate=args.default_certificate)
+               default_certificate=args.default_certificate,
+               on_traffic=log_traffic, traffic_interval=args.traffic_interval)
 
 
 if __name__ == "__main__":

@@ -755,6 +755,11 @@ class H2Protocol(Protocol):
             return
         factory = self.factory
         factory.active -= 1
+        traffic = factory.traffic
+        if traffic is not None:
+            route = stream.route
+            if route is not None and route.kind == "proxy":
+                traffic.add(route.host.id, stream.status or 0)
         access_log = factory.access_log
         if access_log is not None:
             now = self.reactor.seconds()

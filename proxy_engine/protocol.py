@@ -108,8 +108,9 @@ class ProxyFactory(Factory):
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
                  idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None,
-                 access_log=None, https_port=None):
+                 access_log=None, https_port=None, traffic=None):
         self.reactor = reactor
+        self.traffic = traffic           # proxy_engine.traffic.TrafficCounter, or None (off)
         self.https_port = https_port     # served HTTPS port: force-HTTPS redirects (http factory only)
         self.access_log = access_log     # proxy_engine.accesslog.AccessLog, or None (off)
         self.pool = pool if pool is not None else UpstreamPool(reactor)
@@ -673,8 +674,15 @@ class ProxyProtocol(Protocol):
             self.transport.loseConnection()
 
     def _log(self, request, status):
-        """One access log entry (see `proxy_engine.accesslog` for the tuple's fields)."""
-        access_log = self.factory.access_log
+        """One access log entry (see `proxy_engine.accesslog` for the tuple's fields), and
+        the request counted for its proxy host (`proxy_engine.traffic`)."""
+        factory = self.factory
+        traffic = factory.traffic
+        if traffic is not None:
+            route = getattr(request, "route", None)      # unset when refused before routing
+            if route is not None and route.kind == "proxy":
+                traffic.add(route.host.id, status or 0)
+        access_log = factory.access_log
         if access_log is not None:
             now = self.reactor.seconds()
             started = now if request.started is None else request.started

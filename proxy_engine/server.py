@@ -33,6 +33,7 @@ import time
 
 from proxy_engine import tls
 from proxy_engine.accesslog import open_access_log
+from proxy_engine.traffic import TrafficCounter
 from proxy_engine.events import NullSink, UpstreamErrorSink
 from proxy_engine.protocol import ProxyFactory
 from proxy_engine.reload import ConfigWatcher
@@ -92,10 +93,13 @@ def _drain(reactor, factories, ports, timeout):
 
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
                poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None,
-               access_log="off", https_port=None, tls_server=None, on_status=None):
+               access_log="off", https_port=None, tls_server=None, on_status=None,
+               on_traffic=None, traffic_interval=10.0):
     """Run one reactor serving the engine until it is stopped (signals stop it).
 
     `access_log` is a path, "-" (stdout) or "off" (`proxy_engine.accesslog.open_access_log`).
+    `on_traffic(bucket_start, {host_id: (requests, errors)})` is called in a thread every
+    `traffic_interval` seconds (`proxy_engine.traffic`); None counts nothing.
     """
     from proxy_engine.reactor import install
 
@@ -104,13 +108,15 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
     reactor.suggestThreadPoolSize(4)
     events = UpstreamErrorSink(reactor, record_upstream_errors) if record_upstream_errors else NullSink()
     requests_log = open_access_log(reactor, access_log)
+    traffic = TrafficCounter(reactor, on_traffic, interval=traffic_interval) if on_traffic else None
     serve_https = bool(https_port and tls_server is not None)
-    factory = ProxyFactory(reactor, events=events, access_log=requests_log,
+    factory = ProxyFactory(reactor, events=events, access_log=requests_log, traffic=traffic,
                            https_port=https_port if serve_https else None)
     factories = [factory]
     if serve_https:
         secure = ProxyFactory(reactor, pool=factory.pool, scheme=b"https", events=events,
-                              request_ids=factory.request_ids, access_log=requests_log)
+                              request_ids=factory.request_ids, access_log=requests_log,
+                              traffic=traffic)
         secure.h2_protocol_class = _h2_protocol_class() if tls_server.h2_enabled else None
         factories.append(secure)
 
@@ -132,11 +138,14 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
         ports += serve(reactor, tls.https_factory(tls_server, secure), addresses, https_port, reuse_port=reuse_port)
         log.info("engine worker %s serving HTTPS on port %s", os.getpid(), https_port)
     reactor.callWhenRunning(watcher.start)
+    if traffic is not None:
+        reactor.callWhenRunning(traffic.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
     reactor.addSystemEventTrigger(
         "before", "shutdown",
         lambda: _drain(reactor, factories, ports, drain_timeout).addCallback(lambda _: events.stop())
-        .addCallback(lambda _: requests_log.stop() if requests_log is not None else None))
+        .addCallback(lambda _: requests_log.stop() if requests_log is not None else None)
+        .addCallback(lambda _: traffic.stop() if traffic is not None else None))
     stopping = []
 
     def stop_once():
@@ -155,7 +164,8 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
         redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
-        record_upstream_errors=None, access_log="off", default_certificate=None, on_status=None):
+        record_upstream_errors=None, access_log="off", default_certificate=None, on_status=None,
+        on_traffic=None, traffic_interval=10.0):
     """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers.
 
     `https_port` (None/0: no HTTPS); `default_certificate`: a PEM file with the certificate
@@ -170,7 +180,8 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
                   current_revision=current_revision, redis_url=redis_url,
                   poll_interval=poll_interval, drain_timeout=drain_timeout,
                   record_upstream_errors=record_upstream_errors, access_log=access_log,
-                  https_port=https_port, tls_server=tls_server, on_status=on_status)
+                  https_port=https_port, tls_server=tls_server, on_status=on_status,
+                  on_traffic=on_traffic, traffic_interval=traffic_interval)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0

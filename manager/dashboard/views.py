@@ -18,7 +18,7 @@ from manager.certificates.models import Certificate
 from manager.hosts.models import DeadHost, EngineNode, ProxyHost, RedirectionHost, Stream, UpstreamError
 from manager.hosts.revision import current_revision
 
-from . import probe, status
+from . import probe, sparkline, status
 
 LAST_ERRORS = 20
 
@@ -36,9 +36,15 @@ def _visible_hosts(user):
 
 @login_required
 def overview(request):
+    """The overview; with htmx and `?panel=traffic`, the traffic charts alone (refreshed every 10 s)."""
     user = request.user
     visible = _visible_hosts(user)
     proxy_hosts = list(visible)
+    charts = sparkline.host_traffic(proxy_hosts)
+    for host in proxy_hosts:
+        host.chart = charts.get(host.pk)
+    if request.htmx and request.GET.get("panel") == "traffic":
+        return render(request, "dashboard/_traffic.html", {"proxy_hosts": proxy_hosts})
     states = status.host_states(proxy_hosts)
     for host in proxy_hosts:
         host.state = states[host.pk]

@@ -182,8 +182,15 @@ class Settings(models.Model):
 
     @classmethod
     def load(cls):
+        """The row, created if missing: for code that is about to change the settings."""
         obj, _ = cls.objects.get_or_create(pk=1)
         return obj
+
+    @classmethod
+    def current(cls):
+        """The settings for reading: never writes (an unsaved default when the row is missing),
+        so the engine and exports never bump the configuration revision."""
+        return cls.objects.filter(pk=1).first() or cls(pk=1)
 
 
 class ConfigRevision(models.Model):
@@ -310,3 +317,36 @@ class EngineNode(models.Model):
             node.updated_at = now
             node.save()
         return node
+
+
+class HostTraffic(models.Model):
+    """Requests and errors (status >= 500) of one proxy host in one 10 s bucket, as one engine
+    worker (`node`, "<host name>:<pid>") counted them (`proxy_engine.traffic`); written by
+    `runproxy`, kept for `KEEP`. Several nodes' rows of a bucket add up."""
+
+    KEEP = datetime.timedelta(hours=24)
+
+    host = models.ForeignKey(ProxyHost, on_delete=models.CASCADE, related_name="traffic")
+    node = models.CharField(max_length=200)
+    bucket_start = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["host", "bucket_start"]), models.Index(fields=["bucket_start"])]
+
+    def __str__(self):
+        return f"host {self.host_id} at {self.bucket_start}: {self.requests} requests, {self.errors} errors"
+
+    @classmethod
+    def record(cls, node, bucket_start, counts, now=None):
+        """Store one bucket of a node: `counts` is {host_id: (requests, errors)}, `bucket_start`
+        epoch seconds. Hosts deleted meanwhile are skipped; rows older than `KEEP` are pruned."""
+        now = now or timezone.now()
+        start = datetime.datetime.fromtimestamp(bucket_start, tz=datetime.timezone.utc)
+        with transaction.atomic():
+            existing = set(ProxyHost.objects.filter(pk__in=list(counts)).values_list("pk", flat=True))
+            cls.objects.bulk_create([
+                cls(host_id=host_id, node=node[:200], bucket_start=start, requests=requests, errors=errors)
+                for host_id, (requests, errors) in counts.items() if host_id in existing])
+            cls.objects.filter(bucket_start__lt=now - cls.KEEP).delete()

@@ -5,7 +5,8 @@ Thin wiring: the engine (`proxy_engine.server.run`) is Django-free; this command
 upstream error records) wrapped so that Django database connections are only opened, used
 and closed in the engine's worker threads, never on the reactor thread. Each worker reports its
 status (served revision, last load/parse error) to `hosts.EngineNode` under the name
-"<host name>:<pid>" the same way.
+"<host name>:<pid>" the same way, and its per-host request/error counts every
+`--traffic-interval` seconds to `hosts.HostTraffic`.
 """
 import os
 import socket
@@ -35,6 +36,13 @@ def report_status(revision, error, hosts=()):
     EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts)
 
 
+def record_traffic(bucket_start, counts):
+    """The engine's `on_traffic` hook (in a thread of the worker counting)."""
+    from manager.hosts.models import HostTraffic
+
+    HostTraffic.record(f"{socket.gethostname()}:{os.getpid()}", bucket_start, counts)
+
+
 class Command(BaseCommand):
     help = "Run the Gatehouse proxy engine (HTTP reverse proxy with live reload)."
 
@@ -51,6 +59,8 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", default=str(settings.DATA_DIR / "logs" / "access.log"),
                             help='access log file (JSON lines, rotated at 10 MiB x 5; default: '
                                  '$GATEHOUSE_DATA_DIR/logs/access.log), "-" for stdout, or "off"')
+        parser.add_argument("--traffic-interval", type=float, default=10.0,
+                            help="seconds per bucket of the per-host request/error counts (default 10)")
 
     def handle(self, *args, **options):
         from manager.hosts.models import UpstreamError
@@ -70,6 +80,8 @@ class Command(BaseCommand):
             record_upstream_errors=in_worker_thread(UpstreamError.record),
             access_log=options["access_log"],
             on_status=in_worker_thread(report_status),
+            on_traffic=in_worker_thread(record_traffic),
+            traffic_interval=options["traffic_interval"],
         )
         if return_code:
             raise SystemExit(return_code)
