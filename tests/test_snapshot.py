@@ -54,3 +54,13 @@ def test_snapshot_revision_follows_changes():
     first = build_snapshot()["revision"]
     DeadHost.objects.create(domains=["gone.example.test"])
     assert build_snapshot()["revision"] == first + 1
+
+
+def test_building_a_snapshot_never_writes_even_without_a_settings_row():
+    from manager.hosts.revision import current_revision
+
+    Settings.objects.all().delete()
+    before = current_revision()
+    doc = build_snapshot()
+    assert doc["settings"]["default_site"] == {"action": "welcome"}
+    assert current_revision() == before and not Settings.objects.exists()

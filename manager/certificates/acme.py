@@ -271,7 +271,7 @@ def issue(cert_id, report=None):
 
     report = report or (lambda text: None)
     certificate = Certificate.objects.select_related("dns_provider").get(pk=cert_id)
-    config = Settings.load()
+    config = Settings.current()
     set_progress(cert_id, "validating")
     how = f" (DNS-01 through {certificate.dns_provider})" if certificate.challenge == "dns" else ""
     report(f"validating {', '.join(certificate.domains)} with {config.acme_directory}{how}")

@@ -19,7 +19,7 @@ def export_document(include_secrets=False):
     """The configuration as plain data (dicts, lists, strings, numbers, booleans)."""
     return {
         "version": VERSION,
-        "settings": _settings(Settings.load()),
+        "settings": _settings(Settings.current()),
         "access_lists": [_access_list(a) for a in AccessList.objects.order_by("name").prefetch_related("users", "rules")],
         "dns_providers": [_dns_provider(p, include_secrets) for p in DnsProvider.objects.order_by("name")],
         "certificates": [_certificate(c, include_secrets) for c in

@@ -25,7 +25,7 @@ ACME_CHALLENGE_LIFETIME = timedelta(hours=1)   # older tokens are leftovers of a
 def build_snapshot():
     with transaction.atomic():
         revision = current_revision()
-        config = Settings.load()
+        config = Settings.current()
         return {
             "revision": revision,
             "settings": _settings(config),
