@@ -65,7 +65,8 @@ from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.errors import CLIENT_ERRORS, ClientGone, error_body
 from proxy_engine.fastio import send
-from proxy_engine.headers import HOP_BY_HOP, accept_client, connection_tokens, upstream_request_head
+from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
+                                   upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
 from proxy_engine.routing import NOT_ACME, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
@@ -89,7 +90,6 @@ _RESPONSE_DROP = HOP_BY_HOP | frozenset((b"content-length",))
 _HTML = b"text/html; charset=utf-8"
 _TEXT = b"text/plain"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
 _NO_ERROR = ErrorCodes.NO_ERROR
 _CANCEL = ErrorCodes.CANCEL
 
@@ -249,15 +249,7 @@ class H2Stream:
         head = upstream_request_head(
             self.method, self.target, self.headers, proto.client_ip, proto.factory.scheme,
             self.host, proto.is_trusted(self.router), framing)
-        data = [head]
-        if buffered:
-            if self.chunked:
-                for piece in buffered:
-                    data += (b"%x\r\n" % len(piece), piece, b"\r\n")
-            else:
-                data += buffered
-        if self.complete and self.chunked:
-            data.append(_LAST_CHUNK)
+        data = first_upstream_write(head, buffered, self.chunked, self.complete)
         conn.send(self, data, self.route.timeouts.response, self.is_head, False)
         if not self.complete and conn.state is not UPSTREAM_CLOSED:
             conn.transport.registerProducer(self, True)
@@ -430,7 +422,7 @@ class H2Stream:
         conn = self.conn
         if conn is not None and self.producing:
             if self.chunked:
-                send(conn.transport, _LAST_CHUNK)
+                send(conn.transport, LAST_CHUNK)
             conn.transport.unregisterProducer()
             self.producing = False
 

@@ -121,3 +121,22 @@ def accept_client(transport):
     if nodelay is not None:
         nodelay(True)
     return host.encode("ascii"), peer
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def first_upstream_write(head, buffered, chunked, complete):
+    """What goes to the upstream first: the request head, the body bytes that arrived before
+    the connection was ready (re-framed as chunks when the request is chunked) and, for a
+    complete chunked body, the last chunk."""
+    data = [head]
+    if buffered:
+        if chunked:
+            for piece in buffered:
+                data += (b"%x\r\n" % len(piece), piece, b"\r\n")
+        else:
+            data += buffered
+    if complete and chunked:
+        data.append(LAST_CHUNK)
+    return data

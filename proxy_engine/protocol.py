@@ -31,7 +31,8 @@ from twisted.internet.protocol import Factory, Protocol
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
-from proxy_engine.headers import accept_client, client_response_head, upstream_request_head
+from proxy_engine.headers import (LAST_CHUNK, accept_client, client_response_head, first_upstream_write,
+                                   upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
 from proxy_engine.routing import NOT_ACME, Router, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 IDLE, HEAD, ACTIVE, TUNNEL, CLOSED = "idle", "head", "active", "tunnel", "closed"
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
 _CONNECTION_CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -332,7 +332,7 @@ class ProxyProtocol(Protocol):
             return
         conn = request.conn
         if conn is not None and request is self.active and request.chunked:
-            self.held.append((conn, _LAST_CHUNK))
+            self.held.append((conn, LAST_CHUNK))
 
     def _send_held(self, held):
         """Send what was held while client input was parsed (one write per upstream connection)."""
@@ -444,17 +444,8 @@ class ProxyProtocol(Protocol):
             request.method, request.target, request.headers, self.client_ip, self.factory.scheme,
             request.host or b"", self.trusted, framing, upgrade,
         )
-        data = [head]
-        buffered = request.buffered
-        if buffered:
-            request.buffered = None
-            if request.chunked:
-                for piece in buffered:
-                    data += (b"%x\r\n" % len(piece), piece, b"\r\n")
-            else:
-                data += buffered
-        if request.complete and request.chunked:
-            data.append(_LAST_CHUNK)
+        data = first_upstream_write(head, request.buffered, request.chunked, request.complete)
+        request.buffered = None
         held = self.held
         if held is not None:             # called while client input is being parsed
             held += ((conn, piece) for piece in data)
@@ -519,7 +510,7 @@ class ProxyProtocol(Protocol):
         if request is None:
             return
         if request.chunk_out:
-            self._write(_LAST_CHUNK)
+            self._write(LAST_CHUNK)
         self._detach_upstream(request, abort=False)
         if reusable and request.complete and conn.state is not UPSTREAM_CLOSED:
             self.pool.release(conn)

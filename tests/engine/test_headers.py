@@ -63,3 +63,12 @@ def test_a_common_connection_value_followed_by_a_custom_one_still_drops_the_name
     headers = triples((b"Connection", b"keep-alive"), (b"Connection", b"X-Secret"))
     assert connection_tokens(headers) == {b"x-secret"}
     assert connection_tokens(triples((b"Connection", b"close"))) == {b"close"}
+
+
+def test_first_upstream_write_reframes_early_body_bytes_as_chunks():
+    from proxy_engine.headers import first_upstream_write
+
+    assert first_upstream_write(b"HEAD\r\n", [b"abc", b"de"], True, True) == [
+        b"HEAD\r\n", b"3\r\n", b"abc", b"\r\n", b"2\r\n", b"de", b"\r\n", b"0\r\n\r\n"]
+    assert first_upstream_write(b"HEAD\r\n", [b"abc"], False, True) == [b"HEAD\r\n", b"abc"]
+    assert first_upstream_write(b"HEAD\r\n", None, True, False) == [b"HEAD\r\n"]
