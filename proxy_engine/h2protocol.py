@@ -138,12 +138,19 @@ def request_from_headers(headers):
     return method, path, host, triples, content_length, size
 
 
-def response_headers(status, headers, request_id, content_length):
+def response_headers(status, headers, request_id, content_length, rules=None):
     """The h2 HEADERS of an upstream's HTTP/1.1 response: :status first, lower-case names,
-    hop-by-hop headers (and those Connection names) dropped, X-Request-Id added."""
+    hop-by-hop headers (and those Connection names) dropped, the route's response header
+    rules (`headerrules.Compiled` or None) applied, X-Request-Id added."""
     drop = connection_tokens(headers)
     out = [(b":status", b"%d" % status)]
-    out += [(lname, value) for lname, _, value in headers if lname not in _RESPONSE_DROP and lname not in drop]
+    if rules is None:
+        out += [(lname, value) for lname, _, value in headers if lname not in _RESPONSE_DROP and lname not in drop]
+    else:
+        ruled = rules.drop
+        out += [(lname, value) for lname, _, value in headers
+                if lname not in _RESPONSE_DROP and lname not in drop and lname not in ruled]
+        out += rules.pairs
     out.append((b"x-request-id", request_id))
     if content_length is not None and status != 204:
         out.append((b"content-length", b"%d" % content_length))
@@ -173,7 +180,7 @@ class H2Stream:
     __slots__ = (
         "proto", "stream_id", "state", "request_id", "started", "method", "target", "host", "headers",
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
-        "upstream_full", "producing", "chunked", "router", "route", "upstream", "conn", "connector",
+        "upstream_full", "producing", "chunked", "router", "route", "rules", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
         "is_head", "wants_json", "queued",
     )
@@ -200,6 +207,7 @@ class H2Stream:
         self.chunked = False
         self.router = None
         self.route = None
+        self.rules = None            # the route's `RouteRules` for this path, when it has header rules
         self.upstream = None
         self.conn = None
         self.connector = None
@@ -248,7 +256,7 @@ class H2Stream:
             self.chunked = True
         head = upstream_request_head(
             self.method, self.target, self.headers, proto.client_ip, proto.factory.scheme,
-            self.host, proto.is_trusted(self.router), framing)
+            self.host, proto.is_trusted(self.router), framing, None, self.rules and self.rules.request)
         data = first_upstream_write(head, buffered, self.chunked, self.complete)
         conn.send(self, data, self.route.timeouts.response, self.is_head, False)
         if not self.complete and conn.state is not UPSTREAM_CLOSED:
@@ -268,9 +276,10 @@ class H2Stream:
         self.responded = True
         self.status = status
         self.state = STREAMING
-        headers = response_headers(status, conn.headers, self.request_id, conn.content_length)
+        rules = self.rules and self.rules.response
+        headers = response_headers(status, conn.headers, self.request_id, conn.content_length, rules)
         hsts = self.route.hsts
-        if hsts:
+        if hsts and (rules is None or not rules.hsts):
             headers.append(header_pair(hsts))
         self.bytes_out += sum(len(n) + len(v) + 4 for n, v in headers)
         self.proto.h2.send_headers(self.stream_id, headers)
@@ -376,7 +385,10 @@ class H2Stream:
                     return
                 self.max_body = max_body
             query = path.find(b"?")
-            self.upstream = upstream = route.select(path if query < 0 else path[:query]).pick()
+            bare = path if query < 0 else path[:query]
+            self.upstream = upstream = route.select(bare).pick()
+            if route.header_rules is not None:
+                self.rules = route.header_rules.for_path(bare)
             if not ended and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in headers):
                 proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
             self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)

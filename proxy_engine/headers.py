@@ -76,35 +76,55 @@ def forwarded_values(headers, client_ip, proto, host, trusted):
 
 
 def upstream_request_head(method, target, headers, client_ip, proto, host, trusted, framing,
-                          upgrade=None):
+                          upgrade=None, rules=None):
     """The request head sent upstream (HTTP/1.1, target as sent, Host preserved).
 
     `framing` is the exact framing line(s) for the body we will send (b"" for none);
-    `upgrade` is the Upgrade value to pass through (the host allows it) or None.
+    `upgrade` is the Upgrade value to pass through (the host allows it) or None;
+    `rules` the route's compiled request header rules (`headerrules.Compiled`) or None.
     """
     drop = connection_tokens(headers)
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
-              if lname not in _REQUEST_DROP and lname not in drop]
     xff, xproto, xhost, real = forwarded_values(headers, client_ip, proto, host, trusted)
-    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", xproto,
-              b"\r\nX-Forwarded-Host: ", xhost, b"\r\nX-Real-IP: ", real, b"\r\n", framing)
+    if rules is None:
+        parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
+                  if lname not in _REQUEST_DROP and lname not in drop]
+        parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", xproto,
+                  b"\r\nX-Forwarded-Host: ", xhost, b"\r\nX-Real-IP: ", real, b"\r\n", framing)
+    else:
+        ruled = rules.drop
+        parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
+                  if lname not in _REQUEST_DROP and lname not in drop and lname not in ruled]
+        for lname, line, value in ((b"x-forwarded-for", b"X-Forwarded-For: ", xff),
+                                   (b"x-forwarded-proto", b"X-Forwarded-Proto: ", xproto),
+                                   (b"x-forwarded-host", b"X-Forwarded-Host: ", xhost),
+                                   (b"x-real-ip", b"X-Real-IP: ", real)):
+            if lname not in ruled:
+                parts += (line, value, b"\r\n")
+        parts += (rules.lines, framing)
     if upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
-def client_response_head(status_line, headers, framing, connection=b""):
+def client_response_head(status_line, headers, framing, connection=b"", rules=None):
     """The response head sent to the client.
 
     `status_line` is the full first line with CRLF; `framing` the framing line(s) for the
-    body as we send it; `connection` an optional b"Connection: ...\\r\\n" line of our own.
+    body as we send it; `connection` an optional b"Connection: ...\\r\\n" line of our own;
+    `rules` the route's compiled response header rules or None.
     """
     drop = connection_tokens(headers)
     parts = [status_line]
-    parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
-              if lname not in _RESPONSE_DROP and lname not in drop]
+    if rules is None:
+        parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
+                  if lname not in _RESPONSE_DROP and lname not in drop]
+    else:
+        ruled = rules.drop
+        parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
+                  if lname not in _RESPONSE_DROP and lname not in drop and lname not in ruled]
+        parts.append(rules.lines)
     parts += (framing, connection, b"\r\n")
     return b"".join(parts)
 

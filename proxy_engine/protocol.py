@@ -65,11 +65,12 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired", "request_id", "status", "started", "bytes_out", "cause",
+        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules",
     )
 
     def __init__(self, request_id):
         self.request_id = request_id
+        self.rules = None        # the route's `RouteRules` for this path, when it has header rules
         self.status = None       # what the client got (or 499: it left before the answer)
         self.target = b""
         self.headers = []
@@ -406,7 +407,10 @@ class ProxyProtocol(Protocol):
                     return
                 request.max_body = max_body
             query = path.find(b"?")
-            group = route.select(path if query < 0 else path[:query])
+            bare = path if query < 0 else path[:query]
+            group = route.select(bare)
+            if route.header_rules is not None:
+                request.rules = route.header_rules.for_path(bare)
             request.upstream = group.pick()
             if request.expect_continue and not request.complete:
                 self._write(_CONTINUE)
@@ -440,9 +444,10 @@ class ProxyProtocol(Protocol):
         else:
             framing = b""
         upgrade = request.upgrade if request.route.websockets else None
+        rules = request.rules
         head = upstream_request_head(
             request.method, request.target, request.headers, self.client_ip, self.factory.scheme,
-            request.host or b"", self.trusted, framing, upgrade,
+            request.host or b"", self.trusted, framing, upgrade, rules and rules.request,
         )
         data = first_upstream_write(head, request.buffered, request.chunked, request.complete)
         request.buffered = None
@@ -491,9 +496,12 @@ class ProxyProtocol(Protocol):
         if status == 101 or conn.content_length is None or conn.content_length > _SMALL_BODY:
             self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
+        rules = request.rules and request.rules.response
         head = client_response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
-            b"X-Request-Id: %s\r\n%s%s" % (request.request_id, request.route.hsts, framing), connection)
+            b"X-Request-Id: %s\r\n%s%s" % (
+                request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing),
+            connection, rules)
         request.bytes_out += len(head)
         self._write(head)
 

@@ -18,6 +18,7 @@ The Router and its routes are owned by one snapshot and never mutated after buil
 from the round-robin cursors inside each group.
 """
 from proxy_engine.balancer import UpstreamGroup
+from proxy_engine.headerrules import build_route_rules
 from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
 
 ACME_PREFIX = b"/.well-known/acme-challenge/"
@@ -25,7 +26,8 @@ NOT_ACME = object()
 
 
 class ProxyRoute:
-    __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts")
+    __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
+                 "header_rules")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None):
@@ -41,6 +43,8 @@ class ProxyRoute:
             self.hsts = b"Strict-Transport-Security: max-age=31536000%s%s\r\n" % (
                 b"; includeSubDomains" if host.ssl.hsts_subdomains else b"",
                 b"; preload" if host.ssl.hsts_preload else b"")
+        # None without any header rule (nothing per request), else `RouteHeaderRules`.
+        self.header_rules = build_route_rules(host)
         self.group = UpstreamGroup(host.upstreams)
         locations = []
         for loc in host.locations:

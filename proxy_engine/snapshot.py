@@ -18,6 +18,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from proxy_engine.headerrules import FORBIDDEN as _FORBIDDEN_HEADERS
+from proxy_engine.headerrules import HeaderRules
+
 DEFAULT_ACTIONS = ("404", "444", "redirect", "html", "welcome")
 POLICIES = ("round_robin", "least_conn", "ip_hash", "random", "first")
 REDIRECT_CODES = (301, 302, 307, 308)
@@ -60,17 +63,11 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
-class HeaderRules:
-    set: tuple = ()          # ((name, value), ...)
-    remove: tuple = ()       # (lower-case name, ...)
-
-
-@dataclass(frozen=True, slots=True)
 class Location:
     path: str
     upstreams: tuple         # () = the host's upstreams
     cache: object = None
-    headers: object = None
+    headers: object = None   # None (inherit the host's) or (request, response) HeaderRules
     compression: object = None
     rate_limit: object = None
 
@@ -267,25 +264,45 @@ def _upstreams(r, obj, path, required):
     return tuple(out)
 
 
+def _header_name(r, name, path):
+    """The header name if valid (token characters, not one the proxy owns), else None."""
+    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        r.error(path, f"{str(name)[:60]!r} is not a valid header name")
+        return None
+    if name.lower() in _FORBIDDEN_HEADERS:
+        r.error(path, f"{name} is managed by the proxy (framing / hop-by-hop) and cannot be changed")
+        return None
+    return name
+
+
+def _header_pairs(r, obj, key, path):
+    pairs = []
+    for name, value in r.get(obj, key, path, dict, {}).items():
+        if _header_name(r, name, f"{path}.{key}") is None:
+            continue
+        if not isinstance(value, str) or any(ord(c) < 32 and c != "\t" or ord(c) == 127 or ord(c) > 255 for c in value):
+            r.error(f"{path}.{key}.{name}", "value must be a Latin-1 string without control characters")
+        else:
+            pairs.append((name, value.strip(" \t")))
+    return tuple(pairs)
+
+
 def _header_rules(r, obj, path):
     if obj is None:
         return HeaderRules()
     obj = r.mapping(obj, path)
-    pairs = []
-    for name, value in r.get(obj, "set", path, dict, {}).items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
-            r.error(f"{path}.set", f"{str(name)[:60]!r} is not a valid header name")
-        elif not isinstance(value, str) or any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
-            r.error(f"{path}.set.{name}", "value must be a string without control characters")
-        else:
-            pairs.append((name, value))
     removed = []
     for i, name in enumerate(r.get(obj, "remove", path, list, [])):
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
-            r.error(f"{path}.remove[{i}]", f"{str(name)[:60]!r} is not a valid header name")
-        else:
+        if _header_name(r, name, f"{path}.remove[{i}]") is not None:
             removed.append(name.lower())
-    return HeaderRules(tuple(pairs), tuple(removed))
+    return HeaderRules(_header_pairs(r, obj, "set", path), tuple(removed), _header_pairs(r, obj, "add", path))
+
+
+def _header_directions(r, obj, path):
+    """(request, response) `HeaderRules` of a `headers` mapping."""
+    headers = r.mapping(obj, path)
+    return (_header_rules(r, headers.get("request"), f"{path}.request"),
+            _header_rules(r, headers.get("response"), f"{path}.response"))
 
 
 def _positive(r, value, path):
@@ -323,7 +340,7 @@ def _proxy_host(r, raw, path, seen):
     for i, name in enumerate(compression):
         if name not in ("gzip", "br", "zstd"):
             r.error(f"{path}.compression[{i}]", f"unknown encoding {str(name)[:20]!r}")
-    headers = r.mapping(r.get(h, "headers", path, dict, {}), f"{path}.headers")
+    request_headers, response_headers = _header_directions(r, r.get(h, "headers", path, dict, {}), f"{path}.headers")
     locations = []
     seen_paths = set()
     for i, raw_loc in enumerate(r.items(h, "locations", path)):
@@ -340,7 +357,7 @@ def _proxy_host(r, raw, path, seen):
             path=loc_path or "/",
             upstreams=_upstreams(r, loc, lp, required=False),
             cache=r.get(loc, "cache", lp, dict, None, allow_none=True),
-            headers=_header_rules(r, r.get(loc, "headers", lp, dict, None, allow_none=True), f"{lp}.headers")
+            headers=_header_directions(r, r.get(loc, "headers", lp, dict, None, allow_none=True), f"{lp}.headers")
             if loc.get("headers") is not None else None,
             compression=r.get(loc, "compression", lp, list, None, allow_none=True),
             rate_limit=r.get(loc, "rate_limit", lp, dict, None, allow_none=True),
@@ -359,8 +376,8 @@ def _proxy_host(r, raw, path, seen):
         compression=tuple(compression or ()),
         cache=r.get(h, "cache", path, dict, None, allow_none=True),
         rate_limit=r.get(h, "rate_limit", path, dict, None, allow_none=True),
-        request_headers=_header_rules(r, headers.get("request"), f"{path}.headers.request"),
-        response_headers=_header_rules(r, headers.get("response"), f"{path}.headers.response"),
+        request_headers=request_headers,
+        response_headers=response_headers,
         block_exploits=bool(r.get(h, "block_exploits", path, bool, False)),
         locations=tuple(locations),
     )
