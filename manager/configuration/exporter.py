@@ -160,6 +160,8 @@ def _headers(headers):
         rules = headers.get(direction) or {}
         result[direction] = {"set": dict(sorted((rules.get("set") or {}).items(), key=lambda kv: kv[0].lower())),
                              "remove": list(rules.get("remove") or [])}
+        if rules.get("add"):
+            result[direction]["add"] = dict(sorted(rules["add"].items(), key=lambda kv: kv[0].lower()))
     return result
 
 

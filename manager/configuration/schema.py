@@ -626,6 +626,36 @@ def _rate_limit(r, m, at):
             "burst": r.field(limit, "burst", where, lambda v: validators.positive_int(v, "burst", minimum=0), 0)}
 
 
+# Names the proxy owns (framing, hop-by-hop): header rules may not touch them (the engine
+# refuses them too, proxy_engine/headerrules.py).
+PROXY_OWNED_HEADERS = frozenset(("connection", "keep-alive", "proxy-connection", "proxy-authorization", "te",
+                                 "trailer", "transfer-encoding", "upgrade", "content-length"))
+
+
+def _rule_header_name(value):
+    name = validators.header_name(value)
+    if name.lower() in PROXY_OWNED_HEADERS:
+        raise Invalid(f"{name} is managed by the proxy (framing / hop-by-hop) and cannot be changed by a rule")
+    return name
+
+
+def _header_values(r, rules, key, dir_path):
+    """The {name: value} mapping under `key` (set / add), validated."""
+    out = {}
+    if rules.get(key) is None:
+        return out
+    path = _key(dir_path, key)
+    if not isinstance(rules[key], dict):
+        r.error(path, f"expected a mapping of header names to values, got {describe(rules[key])}")
+        return out
+    for header, value in rules[key].items():
+        try:
+            out[_rule_header_name(header)] = validators.header_value(value)
+        except Invalid as exc:
+            r.error(_key(path, header), str(exc))
+    return out
+
+
 def _headers(r, m, at):
     if m.get("headers") is None:
         return None
@@ -639,20 +669,14 @@ def _headers(r, m, at):
         if headers.get(direction) is None:
             continue
         dir_path = _key(where, direction)
-        rules = r.mapping(headers[direction], dir_path, ("set", "remove"))
+        rules = r.mapping(headers[direction], dir_path, ("set", "add", "remove"))
         if rules is None:
             continue
-        if rules.get("set") is not None:
-            set_path = _key(dir_path, "set")
-            if not isinstance(rules["set"], dict):
-                r.error(set_path, f"expected a mapping of header names to values, got {describe(rules['set'])}")
-            else:
-                for header, value in rules["set"].items():
-                    try:
-                        result[direction]["set"][validators.header_name(header)] = validators.header_value(value)
-                    except Invalid as exc:
-                        r.error(_key(set_path, header), str(exc))
-        result[direction]["remove"] = r.scalar_list(rules, "remove", dir_path, validators.header_name)
+        result[direction]["set"] = _header_values(r, rules, "set", dir_path)
+        result[direction]["remove"] = r.scalar_list(rules, "remove", dir_path, _rule_header_name)
+        added = _header_values(r, rules, "add", dir_path)
+        if added:                        # only written when used, so older documents export unchanged
+            result[direction]["add"] = added
     return result
 
 

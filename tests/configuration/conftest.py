@@ -77,7 +77,7 @@ def tls():
 @pytest.fixture
 def full_document(contract, tls):
     """The contract example plus every other form a key can take: DNS providers of both
-    kinds and a wildcard DNS-01 certificate, a custom certificate with chain, a disabled host, weights, header-keyed rate limits, IPv6, UDP streams."""
+    kinds and a wildcard DNS-01 certificate, a custom certificate with chain, a disabled host, weights, header-keyed rate limits, header `add` rules, IPv6, UDP streams."""
     doc = contract
     doc["settings"]["default_site"] = {"action": "html", "body": "<h1>Nothing here</h1>\n<p>Move along.</p>\n"}
     doc["settings"]["trusted_proxies"].append("2001:db8::/32")
@@ -106,7 +106,9 @@ def full_document(contract, tls):
         "rate_limit": {"requests": 5, "per": "1s", "key": "header:X-Api-Key", "burst": 0},
         "timeouts": {"connect": "500ms", "response": "2h"},
         "locations": [{"path": "/api/", "compression": [], "rate_limit": {"requests": 1, "per": "10s"},
-                       "headers": {"response": {"set": {"X-Robots-Tag": "noindex", "Cache-Control": "no-store"}}}}],
+                       "headers": {"request": {"add": {"X-Via": "gatehouse"}},
+                                   "response": {"set": {"X-Robots-Tag": "noindex", "Cache-Control": "no-store"},
+                                                "add": {"Link": "</api/docs>; rel=help"}}}}],
     })
     doc["redirection_hosts"].append({"domains": ["www.example.test"], "to": "https://example.test/home", "code": 308,
                                      "preserve_path": False})

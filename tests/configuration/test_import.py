@@ -86,6 +86,8 @@ def test_a_full_document_round_trips_with_secrets(tmp_path, full_document, tls):
     assert "enabled: false" in first
     location = yaml.safe_load(first)["proxy_hosts"][1]["locations"][0]
     assert list(location["headers"]["response"]["set"]) == ["Cache-Control", "X-Robots-Tag"]
+    assert location["headers"]["request"]["add"] == {"X-Via": "gatehouse"}
+    assert location["headers"]["response"]["add"] == {"Link": "</api/docs>; rel=help"}
     assert Certificate.objects.get(name="lab").status == "valid"
 
 
