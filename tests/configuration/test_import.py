@@ -300,3 +300,17 @@ def test_a_failure_while_applying_rolls_everything_back(tmp_path, monkeypatch):
 
     assert export_yaml(include_secrets=True) == before
     assert current_revision() == revision
+
+
+
+def test_imported_header_rules_reach_the_engine_snapshot(tmp_path, full_document):
+    from manager.hosts.snapshot import build_snapshot
+    from proxy_engine.headerrules import HeaderRules
+    from proxy_engine.snapshot import parse_snapshot
+
+    full_document["proxy_hosts"][0]["headers"]["response"]["add"] = {"Link": "</help>; rel=help"}
+    import_config(tmp_path, full_document)
+    host = parse_snapshot(build_snapshot()).proxy_hosts[0]
+    assert host.request_headers == HeaderRules((("X-Env", "home"),), ("x-debug",))
+    assert host.response_headers == HeaderRules((("X-Frame-Options", "DENY"),), ("server", "x-powered-by"),
+                                                (("Link", "</help>; rel=help"),))
