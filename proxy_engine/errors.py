@@ -14,7 +14,7 @@ from proxy_engine.pages import page
 REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 301: b"Moved Permanently",
     302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",
-    404: b"Not Found", 408: b"Request Timeout", 417: b"Expectation Failed", 413: b"Content Too Large",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout", 417: b"Expectation Failed", 413: b"Content Too Large",
     431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
@@ -92,6 +92,8 @@ def failure_for_connect_error(reason):
 
 CLIENT_ERRORS = {
     400: "The request was malformed.",
+    401: "This site needs a valid user name and password.",
+    403: "Access to this site is not allowed from here.",
     413: "The request body is larger than this site accepts.",
     431: "The request headers are too large.",
     417: "Only the 100-continue expectation is supported.",

@@ -63,6 +63,7 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Factory, Protocol
 
+from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.errors import CLIENT_ERRORS, ClientGone, error_body
 from proxy_engine.fastio import send
 from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
@@ -378,6 +379,11 @@ class H2Stream:
                 location = b"https://" + normalize_host(host) + route.force_https + path
                 self.respond(301, b"", ((b"location", location),))
                 return
+            access = route.access
+            if access is not None:
+                verdict = self._check_access(access, router)
+                if verdict != ALLOWED and verdict != PENDING:
+                    return
             max_body = route.max_body_size
             if max_body is not None:
                 if content_length is not None and content_length > max_body:
@@ -389,6 +395,8 @@ class H2Stream:
             self.upstream = upstream = route.select(bare).pick()
             if route.header_rules is not None:
                 self.rules = route.header_rules.for_path(bare)
+            if access is not None and verdict == PENDING:
+                return                   # `_access_resumed` connects once the password is verified
             if not ended and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in headers):
                 proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
             self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
@@ -399,6 +407,38 @@ class H2Stream:
             self.reset(_CANCEL)
         else:
             self.respond(route.status, route.body)
+
+    def _check_access(self, access, router):
+        """The route's access policy on this request: ALLOWED, PENDING, or answered (401/403)."""
+        proto = self.proto
+        verdict = access.check(proto.peer, proto.is_trusted(router), self.headers, self._access_resumed)
+        if verdict == ALLOWED:
+            if not access.pass_auth and access.users:
+                self.headers = strip_authorization(self.headers)
+        elif verdict != PENDING:
+            self._deny(access, verdict)
+        return verdict
+
+    def _deny(self, access, status):
+        extra = (header_pair(access.challenge),) if status == 401 else ()
+        self.respond(status, None, extra, cause=CLIENT_ERRORS[status])
+        self.proto.send_pending()
+
+    def _access_resumed(self, outcome):
+        """A password verification for this stream ended (reactor thread)."""
+        proto = self.proto
+        if self.state is not WAITING or self.responded or proto.state is CLOSED:
+            return                       # refused meanwhile (413), reset, or the client left
+        access = self.route.access
+        if outcome != ALLOWED:
+            self._deny(access, outcome)
+            return
+        if not access.pass_auth:
+            self.headers = strip_authorization(self.headers)
+        if not self.complete and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in self.headers):
+            proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
+        self.connector = proto.pool.acquire(self.upstream, self.route.timeouts.connect, self)
+        proto.send_pending()
 
     def request_data(self, data, flow_length):
         self.unacked += flow_length

@@ -14,8 +14,7 @@ def page(title, message, note=""):
 
 NOT_FOUND_PAGE = page("404 Not Found", "There is nothing configured at this address.")
 WELCOME_PAGE = page("Gatehouse is running", "This address has no host configured yet.")
-# Access lists are not enforced by this engine yet (issue: traffic features): a host that
-# names one is closed rather than served unprotected.
-ACCESS_CLOSED_PAGE = page("403 Forbidden", "This host is protected by an access list, which this version of the "
-                                           "proxy cannot enforce yet, so it is closed rather than left open.")
+# A host naming an access list the snapshot does not have is closed rather than left open.
+ACCESS_CLOSED_PAGE = page("403 Forbidden", "This host is protected by an access list that is missing from the "
+                                           "proxy's configuration, so it is closed rather than left open.")
 STARTING_PAGE = page("503 Service Unavailable", "The proxy is starting and has no configuration yet.")

@@ -26,8 +26,10 @@ client is corked and leaves in one send.
 import logging
 
 import httptools
+from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
 
+from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
@@ -124,9 +126,11 @@ class ProxyFactory(Factory):
         self.max_headers = max_headers
         self.router = None
         self.active = 0
+        # Runs password hashing off the reactor (access lists); tests replace it.
+        self.run_in_thread = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
     def swap(self, snapshot):
-        router = Router(snapshot, self.scheme, self.https_port)
+        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread)
         self.router = router
         addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
         addresses.update(u.address for h in snapshot.proxy_hosts for loc in h.locations for u in loc.upstreams)
@@ -400,6 +404,11 @@ class ProxyProtocol(Protocol):
                 location = b"https://" + normalize_host(host or b"") + route.force_https + path
                 self._respond(request, 301, b"", extra=b"Location: " + location + b"\r\n")
                 return
+            access = route.access
+            if access is not None:
+                verdict = self._check_access(request, access, router)
+                if verdict != ALLOWED and verdict != PENDING:
+                    return
             max_body = route.max_body_size
             if max_body is not None:
                 if request.content_length is not None and request.content_length > max_body:
@@ -412,6 +421,8 @@ class ProxyProtocol(Protocol):
             if route.header_rules is not None:
                 request.rules = route.header_rules.for_path(bare)
             request.upstream = group.pick()
+            if access is not None and verdict == PENDING:
+                return                   # `_access_resumed` connects once the password is verified
             if request.expect_continue and not request.complete:
                 self._write(_CONTINUE)
             request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
@@ -424,6 +435,34 @@ class ProxyProtocol(Protocol):
             self._close(abort=True)
         else:
             self._respond(request, route.status, route.body)
+
+    def _check_access(self, request, access, router):
+        """The route's access policy on `request`: ALLOWED, PENDING, or answered (401/403)."""
+        if self.trusted_for is not router:
+            self.trusted, self.trusted_for = router.trusts(self.peer), router
+        verdict = access.check(self.peer, self.trusted, request.headers,
+                               lambda outcome: self._access_resumed(request, outcome))
+        if verdict == ALLOWED:
+            if not access.pass_auth and access.users:
+                request.headers = strip_authorization(request.headers)
+        elif verdict != PENDING:
+            self._respond(request, verdict, None, cause=CLIENT_ERRORS[verdict],
+                          extra=access.challenge if verdict == 401 else b"")
+        return verdict
+
+    def _access_resumed(self, request, outcome):
+        """A password verification for `request` ended (reactor thread)."""
+        if self.active is not request or request.responded or self.state is not ACTIVE:
+            return                       # refused meanwhile (413), or the client left
+        access = request.route.access
+        if outcome != ALLOWED:
+            self._respond(request, outcome, None, cause=CLIENT_ERRORS[outcome], extra=access.challenge)
+            return
+        if not access.pass_auth:
+            request.headers = strip_authorization(request.headers)
+        if request.expect_continue and not request.complete:
+            self._write(_CONTINUE)
+        request.connector = self.pool.acquire(request.upstream, request.route.timeouts.connect, self)
 
     # -- upstream callbacks (the exchange interface) ------------------------------------
 

@@ -17,6 +17,7 @@ authorization (bytes) for a published token, None for any other path under
 The Router and its routes are owned by one snapshot and never mutated after build, apart
 from the round-robin cursors inside each group.
 """
+from proxy_engine.access import AccessPolicy
 from proxy_engine.balancer import UpstreamGroup
 from proxy_engine.headerrules import build_route_rules
 from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
@@ -27,7 +28,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules")
+                 "header_rules", "access")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None):
@@ -45,6 +46,7 @@ class ProxyRoute:
                 b"; preload" if host.ssl.hsts_preload else b"")
         # None without any header rule (nothing per request), else `RouteHeaderRules`.
         self.header_rules = build_route_rules(host)
+        self.access = None       # the host's `access.AccessPolicy`, set by the Router
         self.group = UpstreamGroup(host.upstreams)
         locations = []
         for loc in host.locations:
@@ -103,7 +105,7 @@ def normalize_host(raw):
 class Router:
     __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default", "acme")
 
-    def __init__(self, snapshot, scheme=b"http", https_port=None):
+    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None):
         exact = {}
         wildcard = {}
 
@@ -112,10 +114,17 @@ class Router:
                 key = name.encode("ascii")
                 (wildcard if key.startswith(b"*.") else exact)[key] = route
 
+        # One policy per access list (its credential cache lives as long as this snapshot).
+        policies = {a.name: AccessPolicy(a, self.trusts, run_in_thread) for a in snapshot.access_lists}
         closed = StaticRoute(403, ACCESS_CLOSED_PAGE)
         for host in snapshot.proxy_hosts:
-            # Fail closed: an access list the engine cannot enforce yet must not leave the host open.
-            add(host.domains, closed if host.access_list else ProxyRoute(host, scheme, https_port, snapshot.tls))
+            if host.access_list and host.access_list not in policies:
+                add(host.domains, closed)    # fail closed: a missing access list must not leave the host open
+                continue
+            route = ProxyRoute(host, scheme, https_port, snapshot.tls)
+            if host.access_list:
+                route.access = policies[host.access_list]
+            add(host.domains, route)
         for host in snapshot.redirection_hosts:
             add(host.domains, RedirectRoute(host.to, host.code, host.preserve_path))
         dead = StaticRoute(404, NOT_FOUND_PAGE)

@@ -147,6 +147,31 @@ class Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessRule:
+    action: str                  # "allow" | "deny"
+    source: str                  # as written: "all", an address or a CIDR
+    network: object = None       # ipaddress network; None = all
+
+
+@dataclass(frozen=True, slots=True)
+class AccessUser:
+    username: str
+    password_hash: str           # Django hashers format (pbkdf2_sha256$...)
+
+    def __repr__(self):                  # never the hash
+        return f"AccessUser(username={self.username!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessList:
+    name: str
+    satisfy: str = "any"         # "any" | "all"
+    pass_auth: bool = False      # forward the Authorization header upstream
+    users: tuple = ()            # AccessUser
+    rules: tuple = ()            # AccessRule, first match wins
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     revision: int
     settings: Settings
@@ -154,7 +179,7 @@ class Snapshot:
     redirection_hosts: tuple = ()
     dead_hosts: tuple = ()
     streams: tuple = ()
-    access_lists: tuple = ()
+    access_lists: tuple = ()      # AccessList
     certificates: tuple = ()      # Certificate
     tls: object = None            # proxy_engine.tls.TlsTable, attached in the reload thread when HTTPS is served
     acme_challenges: dict = field(default_factory=dict)   # HTTP-01 token -> key authorization (str)
@@ -437,6 +462,60 @@ def _settings(r, raw):
     return Settings(DefaultSite(action or "404", to, body), tuple(networks), fallback or "self_signed")
 
 
+def _access_lists(r, items):
+    out = []
+    names = set()
+    for i, raw in enumerate(items):
+        p = f"access_lists[{i}]"
+        a = r.mapping(raw, p)
+        name = r.get(a, "name", p, str)
+        if name is not None:
+            if not name:
+                r.error(f"{p}.name", "must not be empty")
+            elif name in names:
+                r.error(f"{p}.name", f"{name[:80]!r} appears twice")
+            names.add(name)
+        satisfy = r.get(a, "satisfy", p, str, "any")
+        if satisfy not in ("any", "all"):
+            r.error(f"{p}.satisfy", f"must be any or all, got {satisfy!r}")
+        pass_auth = r.get(a, "pass_auth", p, bool, False)
+        users = []
+        usernames = set()
+        for j, raw_user in enumerate(r.items(a, "users", p)):
+            up = f"{p}.users[{j}]"
+            u = r.mapping(raw_user, up)
+            username = r.get(u, "username", up, str)
+            password_hash = r.get(u, "password_hash", up, str)
+            if username is not None:
+                if not username:
+                    r.error(f"{up}.username", "must not be empty")
+                elif username in usernames:
+                    r.error(f"{up}.username", f"{username[:80]!r} appears twice")
+                usernames.add(username)
+            if username and password_hash is not None:
+                users.append(AccessUser(username, password_hash))
+        rules = []
+        for j, raw_rule in enumerate(r.items(a, "rules", p)):
+            rp = f"{p}.rules[{j}]"
+            rule = r.mapping(raw_rule, rp)
+            action = r.get(rule, "action", rp, str)
+            if action is not None and action not in ("allow", "deny"):
+                r.error(f"{rp}.action", f"must be allow or deny, got {action[:20]!r}")
+            source = r.get(rule, "source", rp, str)
+            network = None
+            if source is not None and source.strip().lower() != "all":
+                try:
+                    network = ipaddress.ip_network(source.strip(), strict=False)
+                except ValueError:
+                    r.error(f"{rp}.source", f"{source[:60]!r} is not an address, a CIDR or 'all'")
+                    continue
+            if action in ("allow", "deny") and source is not None:
+                rules.append(AccessRule(action, source, network))
+        out.append(AccessList(name or "", satisfy if satisfy in ("any", "all") else "any", bool(pass_auth),
+                              tuple(users), tuple(rules)))
+    return tuple(out)
+
+
 def _acme_challenges(r, doc):
     challenges = {}
     for i, raw in enumerate(r.items(doc, "acme_challenges", "")):
@@ -482,9 +561,9 @@ def parse_snapshot(document):
         host_id = r.get(h, "id", p, int)
         dead.append(DeadHost(host_id or 0, _domains(r, h, p, seen, f"dead host {host_id}")))
     certificates = _certificates(r, r.items(doc, "certificates", ""))
-    for key in ("streams", "access_lists"):
-        for i, raw in enumerate(r.items(doc, key, "")):
-            r.mapping(raw, f"{key}[{i}]")
+    for i, raw in enumerate(r.items(doc, "streams", "")):
+        r.mapping(raw, f"streams[{i}]")
+    access_lists = _access_lists(r, r.items(doc, "access_lists", ""))
     acme_challenges = _acme_challenges(r, doc)
     if r.errors:
         raise SnapshotError(r.errors)
@@ -495,7 +574,7 @@ def parse_snapshot(document):
         redirection_hosts=tuple(redirections),
         dead_hosts=tuple(dead),
         streams=tuple(doc.get("streams") or ()),
-        access_lists=tuple(doc.get("access_lists") or ()),
+        access_lists=access_lists,
         certificates=certificates,
         acme_challenges=acme_challenges,
     )

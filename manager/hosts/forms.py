@@ -156,8 +156,7 @@ class ProxyHostForm(SchemaForm):
     hsts_preload = forms.BooleanField(required=False, label="HSTS: preload")
     access_list = forms.ModelChoiceField(
         queryset=AccessList.objects.none(), required=False, empty_label="(public)",
-        help_text="Not enforced by the proxy yet: a host with an access list answers 403 to everyone "
-                  "(closed rather than open) until access control lands.")
+        help_text="IP rules and/or basic-auth users checked by the proxy before the request reaches the upstream.")
     lb_policy = forms.ChoiceField(choices=ProxyHost.POLICY_CHOICES, initial="round_robin", label="Load balancing policy")
     health_check_path = forms.CharField(required=False, label="Health check path", help_text="e.g. /health; empty = no active health check.")
     health_check_interval = forms.CharField(required=False, label="Health check interval", help_text="e.g. 10s (the default).")

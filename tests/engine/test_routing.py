@@ -86,7 +86,7 @@ def test_smooth_weighted_round_robin_interleaves_by_weight():
     assert picks.count("b") == 4 and picks.count("a") == 2
 
 
-def test_a_host_with_an_access_list_is_closed_until_access_lists_are_enforced():
+def test_a_host_whose_access_list_is_missing_is_closed_and_one_with_a_known_list_is_enforced():
     from proxy_engine.routing import Router
     from proxy_engine.snapshot import parse_snapshot
     from tests.engine.support import document
@@ -96,3 +96,6 @@ def test_a_host_with_an_access_list_is_closed_until_access_lists_are_enforced():
     route = Router(parse_snapshot(doc)).route(b"app.example.test")
     assert (route.kind, route.status) == ("static", 403)
     assert b"access list" in route.body
+    doc["access_lists"] = [{"name": "family", "rules": [{"action": "allow", "source": "all"}]}]
+    route = Router(parse_snapshot(doc)).route(b"app.example.test")
+    assert route.kind == "proxy" and route.access.name == "family"
