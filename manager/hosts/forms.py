@@ -26,7 +26,8 @@ UPSTREAMS_HELP = ("One per line: http://10.0.1.10:3000, optionally followed by w
 LOCATIONS_HELP = ("YAML, as under locations: in the configuration file, e.g.\n"
                   "- path: /api\n  upstreams: [http://10.0.1.11:8080]\n  rate_limit: {requests: 10, per: 1s}")
 HEADERS_HELP = ("YAML, as under headers: in the configuration file, e.g.\n"
-                "request: {set: {X-Real-Host: example.com}, remove: [X-Debug]}\nresponse: {remove: [Server]}")
+                "request: {set: {X-Real-Host: example.com}, remove: [X-Debug]}\n"
+                "response: {set: {X-Frame-Options: DENY}, add: {Link: '</a.css>; rel=preload'}, remove: [Server]}")
 
 
 def lines(text):
