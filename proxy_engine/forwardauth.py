@@ -186,7 +186,9 @@ def _service_failure(failure):
     reasons = getattr(exc, "reasons", None)      # ResponseNeverReceived, RequestTransmissionFailed, ...
     inner = reasons[0].value if reasons else exc
     detail = f"{type(inner).__name__}: {inner}".strip()
-    if isinstance(exc, (defer.TimeoutError, defer.CancelledError)) or isinstance(inner, terror.TimeoutError):
+    # Only the timeout cancels a subrequest; the Agent reports it wrapped (ResponseNeverReceived).
+    if isinstance(exc, (defer.TimeoutError, defer.CancelledError)) or isinstance(
+            inner, (defer.CancelledError, terror.TimeoutError)):
         return Failed(504, "the authentication service timed out", detail)
     if isinstance(inner, (terror.ConnectionRefusedError, terror.ConnectError, terror.DNSLookupError)):
         return Failed(502, "the authentication service is unreachable", detail)
