@@ -126,11 +126,12 @@ class CorsPolicy:
     def rules_for(self, rules, headers):
         """`rules` (the path's `RouteRules`, or None) with this policy's response headers for
         a request carrying `headers` (triples)."""
-        origin = _header_value(headers, b"origin")
-        if not self.allows(origin):
-            origin = None
-        elif self.any_origin and not self.credentials:
-            origin = b"*"                # the same answer for every origin
+        if self.any_origin and not self.credentials:
+            origin = b"*"                # the same answer for every client, with or without Origin
+        else:
+            origin = _header_value(headers, b"origin")
+            if not self.allows(origin):
+                origin = None
         key = (id(rules), origin)
         found = self.memo.get(key)
         if found is not None and found[0] is rules:
