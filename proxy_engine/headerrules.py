@@ -69,7 +69,7 @@ class Compiled:
     """One direction's rules as bytes: `drop` (lower-case names), `lines` (b"Name: v\\r\\n"...),
     `pairs` ((lower-case name, value), ...) for HTTP/2, and `defaults` ((lower-case name,
     line, pair), ...): preset headers sent only when the message has none of that name."""
-    __slots__ = ("drop", "lines", "pairs", "hsts", "defaults")
+    __slots__ = ("drop", "lines", "pairs", "hsts", "defaults", "default_names", "default_lines")
 
     def __init__(self, rules, defaults=(), hide=()):
         drop = frozenset(n.lower().encode("ascii") for n, _ in rules.set) | frozenset(
@@ -83,6 +83,8 @@ class Compiled:
             (n.lower().encode("ascii"), n.encode("ascii") + b": " + v.encode("latin-1") + b"\r\n",
              (n.lower().encode("ascii"), v.encode("latin-1")))
             for n, v in defaults if n.lower().encode("ascii") not in ruled)
+        self.default_names = frozenset(lname for lname, _, _ in self.defaults)
+        self.default_lines = b"".join(line for _, line, _ in self.defaults)
         self.drop = drop | frozenset(n.encode("ascii") for n in hide)
         # Response rules naming Strict-Transport-Security replace the host's HSTS line.
         self.hsts = b"strict-transport-security" in drop or any(
@@ -90,12 +92,14 @@ class Compiled:
 
     def missing(self, headers):
         """The preset lines (HTTP/1.1) whose names `headers` (triples) do not carry."""
-        present = {h[0] for h in headers}
+        present = self.default_names.intersection([h[0] for h in headers])
+        if not present:
+            return self.default_lines            # the common case: the upstream sent none
         return b"".join(line for lname, line, _ in self.defaults if lname not in present)
 
     def missing_pairs(self, headers):
         """The preset pairs (HTTP/2) whose names `headers` (triples) do not carry."""
-        present = {h[0] for h in headers}
+        present = self.default_names.intersection([h[0] for h in headers])
         return [pair for lname, _, pair in self.defaults if lname not in present]
 
     def extended(self, drop, lines, pairs):
@@ -106,6 +110,8 @@ class Compiled:
         out.pairs = self.pairs + pairs
         out.hsts = self.hsts
         out.defaults = self.defaults
+        out.default_names = self.default_names
+        out.default_lines = self.default_lines
         return out
 
 
