@@ -19,6 +19,8 @@ access list and forward auth (a preflight carries no credentials, so it must not
   truth for the host); for an allowed Origin the proxy's are added. The combined rules are
   precompiled per (location rules, origin) for listed origins, so a request costs one scan
   of its headers for Origin and one dict lookup.
+- `local_lines(headers)`: the same headers for an answer the proxy makes itself after the
+  gate (forward-auth denials and failures), so a cross-origin script can read a 401.
 
 Origin rules: exact origins (lower-case `scheme://host[:port]`, as browsers send them), or
 "*". "*" without credentials sends `Access-Control-Allow-Origin: *` on every response (the
@@ -120,6 +122,16 @@ class CorsPolicy:
         lines += (b"Access-Control-Max-Age: ", self.max_age, b"\r\n",
                   b"Vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n")
         return Preflight(204, b"".join(lines))
+
+    def local_lines(self, headers):
+        """The CORS header lines for an answer the proxy makes itself for an actual request
+        (a forward-auth denial or failure), so a cross-origin script can read its status."""
+        if self.any_origin and not self.credentials:
+            return b"Access-Control-Allow-Origin: *\r\n"
+        origin = _header_value(headers, b"origin")
+        if not self.allows(origin):
+            return b"Vary: Origin\r\n"
+        return b"Access-Control-Allow-Origin: " + origin + b"\r\n" + self.tail + b"Vary: Origin\r\n"
 
     # -- actual requests ---------------------------------------------------------------------
 

@@ -99,6 +99,16 @@ class Denied:
         self.cause = "The authentication service refused this request." if status >= 400 and not body else None
 
 
+def with_cors(route, headers, lines, pairs):
+    """`lines` / `pairs` of a local answer plus the route's CORS headers, when it has CORS."""
+    cors = route.cors
+    if cors is None:
+        return lines, pairs
+    extra = cors.local_lines(headers)
+    return lines + extra, tuple(pairs) + tuple(
+        (n.strip().lower(), v.strip()) for n, _, v in (line.partition(b":") for line in extra.split(b"\r\n") if line))
+
+
 class Failed:
     kind = FAIL
     __slots__ = ("status", "cause", "detail")

@@ -66,7 +66,7 @@ from twisted.internet.protocol import Factory, Protocol
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.errors import CLIENT_ERRORS, ClientGone, error_body
 from proxy_engine.fastio import send
-from proxy_engine.forwardauth import ALLOW, DENY, AuthClient
+from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
 from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
@@ -491,18 +491,21 @@ class H2Stream:
         if self.state is not WAITING or self.responded or proto.state is CLOSED:
             return                       # refused meanwhile (413), reset, or the client left
         kind = decision.kind
+        route = self.route
         if kind is ALLOW:
             self.headers = decision.apply(self.headers)
-            self._dispatch(self.route)
-        elif kind is DENY:
-            self.respond(decision.status, decision.body, decision.pairs, cause=decision.cause,
+            self._dispatch(route)
+            proto.send_pending()
+            return
+        _, pairs = with_cors(route, self.headers, b"", decision.pairs if kind is DENY else ())
+        if kind is DENY:
+            self.respond(decision.status, decision.body, pairs, cause=decision.cause,
                          content_type=decision.content_type)
         else:
-            route = self.route
             proto.factory.events.on_upstream_error(
                 route.host.id, self.request_id, route.forward_auth.service, decision.status, decision.cause,
                 decision.detail, proto.reactor.seconds())
-            self.respond(decision.status, None, cause=decision.cause)
+            self.respond(decision.status, None, pairs, cause=decision.cause)
         proto.send_pending()
 
     def request_data(self, data, flow_length):

@@ -48,7 +48,7 @@ from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
-from proxy_engine.forwardauth import ALLOW, DENY, AuthClient
+from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
 from proxy_engine.headers import (LAST_CHUNK, accept_client, client_response_head, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
@@ -531,18 +531,20 @@ class ProxyProtocol(Protocol):
         if not request.complete:
             self.transport.resumeProducing()
         kind = decision.kind
+        route = request.route
         if kind is ALLOW:
             request.headers = decision.apply(request.headers)
-            self._dispatch(request, request.route)
-        elif kind is DENY:
-            self._respond(request, decision.status, decision.body, extra=decision.lines, cause=decision.cause,
+            self._dispatch(request, route)
+            return
+        lines, _ = with_cors(route, request.headers, decision.lines if kind is DENY else b"", ())
+        if kind is DENY:
+            self._respond(request, decision.status, decision.body, extra=lines, cause=decision.cause,
                           content_type=decision.content_type)
         else:
-            route = request.route
             self.factory.events.on_upstream_error(
                 route.host.id, request.request_id, route.forward_auth.service, decision.status, decision.cause,
                 decision.detail, self.reactor.seconds())
-            self._respond(request, decision.status, None, cause=decision.cause)
+            self._respond(request, decision.status, None, extra=lines, cause=decision.cause)
 
     # -- upstream callbacks (the exchange interface) ------------------------------------
 

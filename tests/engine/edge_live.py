@@ -91,6 +91,9 @@ class AuthHandler(Recorder):
         if path.startswith("/error"):
             self._answer(500, b"internal error", [("Content-Type", "text/plain")])
             return
+        if path.startswith("/big"):
+            self._answer(401, b"x" * 200_000, [("Content-Type", "text/plain")])
+            return
         if path.startswith("/slow"):
             time.sleep(2.0)
         cookie = headers.get("cookie", "")
@@ -137,7 +140,7 @@ def closed_port():
 
 NAMES = ("auth.example.test", "nogroups.example.test", "down.example.test", "slow.example.test",
          "error.example.test", "tls.example.test", "cors.example.test", "star.example.test",
-         "presets.example.test", "plain.example.test", "both.example.test")
+         "presets.example.test", "plain.example.test", "both.example.test", "big.example.test")
 
 
 def host(host_id, name, upstream_port, **options):
@@ -182,6 +185,7 @@ class Edge:
                 host(10, "plain.example.test", up),
                 host(11, "both.example.test", up, cors=cors,
                      forward_auth={"url": f"{auth}/api/verify", **verify}),
+                host(12, "big.example.test", up, forward_auth={"url": f"{auth}/big", **verify}),
             ],
             "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
             "certificates": [{"name": "edge", "domains": [], "key_pem": leaf.private_key_pem.bytes().decode(),

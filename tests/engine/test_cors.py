@@ -253,6 +253,14 @@ def test_a_preflight_is_answered_before_forward_auth_and_actual_requests_still_n
     assert status == 204 and fresh.auth.seen == [] and fresh.upstream.seen == []
     status, headers, _ = fresh.request("GET", "/", "both.example.test", headers={"Origin": "https://app.example.test"})
     assert status == 302 and fresh.upstream.seen == [] and len(fresh.auth.seen) == 1
+    # The denial carries the CORS headers too, so the page's script can read the status.
+    assert header(headers, "access-control-allow-origin") == "https://app.example.test"
+    assert header(headers, "access-control-allow-credentials") == "true"
+    version, status, headers, _ = fresh.h2("GET", "/", "both.example.test", headers=[
+        "Origin: https://app.example.test", "Accept: application/json"])
+    assert status == 401 and header(headers, "access-control-allow-origin") == "https://app.example.test"
+    status, headers, _ = fresh.request("GET", "/", "both.example.test", headers={"Origin": "https://evil.example"})
+    assert status == 302 and header(headers, "access-control-allow-origin") is None
 
 
 def test_presets_on_real_responses(fresh):

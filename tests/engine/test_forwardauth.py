@@ -215,6 +215,21 @@ def test_http1_a_client_gone_while_waiting_is_left_alone():
     assert h.reactor.tcpClients == []
 
 
+def test_the_access_list_runs_first_and_a_refused_client_never_reaches_the_service():
+    doc = auth_doc()
+    doc["proxy_hosts"][0]["access_list"] = "lan"
+    doc["access_lists"] = [{"name": "lan", "rules": [{"action": "allow", "source": "192.168.0.0/16"},
+                                                     {"action": "deny", "source": "all"}]}]
+    h = harness(doc)
+    client, ct = h.client()
+    client.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    assert ct.value().startswith(b"HTTP/1.1 403 ") and h.service.calls == []
+    h.peer = "192.168.1.5"
+    client, ct = h.client()
+    client.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    assert len(h.service.calls) == 1 and h.reactor.tcpClients == []
+
+
 def test_a_host_without_forward_auth_never_asks():
     h = harness(document())
     client, _ = h.client()
@@ -292,6 +307,11 @@ def test_an_allowed_upload_arrives_whole(fresh):
     assert status == 200 and json.loads(body)["length"] == len(payload)
     (entry,) = fresh.upstream.seen
     assert hashlib.sha256(entry["body"]).digest() == hashlib.sha256(payload).digest()
+
+
+def test_a_denials_body_is_bounded(fresh):
+    status, _, body = fresh.request("GET", "/", "big.example.test")
+    assert status == 401 and body == b"x" * 65536 and fresh.upstream.seen == []
 
 
 def test_the_service_is_reached_over_kept_alive_connections(fresh):
