@@ -146,6 +146,14 @@ class _Body(Protocol):
             self.deferred.errback(reason)
 
 
+_CONTROL = bytes(c for c in range(32) if c != 9) + b"\x7f"
+
+
+def _clean(value):
+    """Whether a header value of the service may be passed on (no control characters)."""
+    return len(value.translate(None, _CONTROL)) == len(value)
+
+
 class Answer:
     """The service's answer: `status`, `headers` ((lower-case name, value), ...), `body`."""
     __slots__ = ("status", "headers", "body")
@@ -177,7 +185,7 @@ class AuthClient:
 
         def got(response):
             pairs = tuple((name.lower(), value) for name, values in response.headers.getAllRawHeaders()
-                          for value in values)
+                          for value in values if _clean(value))
             body = _Body(0 if 200 <= response.code < 300 else BODY_LIMIT)
             response.deliverBody(body)     # a 2xx body is read and discarded (keeps the connection)
             return body.deferred.addCallback(lambda data: Answer(response.code, pairs, data))
@@ -270,7 +278,7 @@ class ForwardAuth:
             for lname, name in self.copy:
                 copied += [(lname, name, value) for key, value in answer.headers if key == lname]
             return Allowed(self.drop, copied)
-        if 300 <= status < 500:
+        if 300 <= status < 500 and status != 304:
             returned = []
             content_type = None
             for key, value in answer.headers:

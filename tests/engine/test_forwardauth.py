@@ -131,6 +131,12 @@ def test_3xx_and_4xx_go_back_to_the_client_with_their_headers():
     assert policy().decide(Answer(403, (), b"no")).status == 403
 
 
+def test_a_304_is_not_passed_on_and_control_characters_never_are():
+    from proxy_engine.forwardauth import _clean
+    assert policy().decide(Answer(304, (), b"")).kind == FAIL
+    assert _clean(b"alice") and _clean(b"a\tb") and not _clean(b"a\x00b") and not _clean(b"a\x7f")
+
+
 def test_5xx_fails_closed_and_service_failures_name_the_service():
     failed = policy().decide(Answer(503, (), b""))
     assert failed.kind == FAIL and failed.status == 502 and "authentication service" in failed.cause
