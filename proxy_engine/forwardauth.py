@@ -19,7 +19,7 @@ The service's answer decides (`ForwardAuth.decide`):
   body gets the proxy's error page). This is how a login redirect (302 to the portal) or a
   401 reaches the browser.
 - unreachable, timed out (`timeout` covers connecting, the answer and its body), TLS
-  failure, an invalid answer, or 5xx / 1xx, FAIL: the client gets a 502 (504 for a timeout)
+  failure, an invalid answer, or 5xx / 1xx / 304, FAIL: the client gets a 502 (504 for a timeout)
   whose cause names the authentication service, never the upstream; nothing is forwarded
   (fail closed). The detail goes to the error sink like an upstream error.
 
