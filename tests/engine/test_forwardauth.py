@@ -360,3 +360,18 @@ def test_http2_denial_allowance_and_the_stripped_spoof(fresh):
     assert fresh.auth.seen[-1]["headers"]["x-forwarded-proto"] == "https"
     version, status, _, body = fresh.h2("GET", "/x", "down.example.test", headers=["Accept: application/json"])
     assert status == 502 and json.loads(body)["error"] == "the authentication service is unreachable"
+
+
+def test_http1_a_websocket_upgrade_waits_for_the_service_then_tunnels():
+    h = harness()
+    client, ct = h.client()
+    client.dataReceived(b"GET /ws HTTP/1.1\r\nHost: app.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                        b"Sec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\nearly")
+    assert len(h.service.calls) == 1 and h.reactor.tcpClients == []
+    h.service.answer(200, [(b"remote-user", b"alice")])
+    _, up, ut = h.connect_upstream()
+    assert b"Remote-User: alice\r\n" in ut.value() and b"Upgrade: websocket\r\n" in ut.value()
+    up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    assert ct.value().startswith(b"HTTP/1.1 101 ")
+    client.dataReceived(b"more")
+    assert ut.value().endswith(b"\r\n\r\nearlymore")
