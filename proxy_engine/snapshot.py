@@ -375,7 +375,7 @@ def _cors(r, raw, path):
     def origin(value, where):
         if value == "*":
             return value
-        if not isinstance(value, str) or not _ORIGIN.match(value.lower().rstrip("/")):
+        if not isinstance(value, str) or not value.isascii() or not _ORIGIN.match(value.lower().rstrip("/")):
             r.error(where, f"{str(value)[:80]!r} is not an origin (scheme://host[:port]) or '*'")
             return None
         return value.lower().rstrip("/")
@@ -414,6 +414,9 @@ def _forward_auth(r, raw, path):
         return None
     f = r.mapping(raw, path)
     url = _http_url(r, r.get(f, "url", path, str), f"{path}.url")
+    if url is not None and not url.isascii():
+        r.error(f"{path}.url", "must be ASCII (punycode host, percent-encoded path)")
+        url = None
 
     def header(value, where):
         name = _header_name(r, value, where)

@@ -54,6 +54,7 @@ def test_cors_parses_with_defaults_normalised_origins_and_is_off_when_absent():
     ({"origins": ["*", "https://a.test"]}, "proxy_hosts[0].cors.origins"),
     ({"origins": ["https://a.test/path"]}, "proxy_hosts[0].cors.origins[0]"),
     ({"origins": ["null"]}, "proxy_hosts[0].cors.origins[0]"),
+    ({"origins": ["https://bücher.example"]}, "proxy_hosts[0].cors.origins[0]"),
     ({"origins": "https://a.test"}, "proxy_hosts[0].cors.origins"),
     ({"methods": ["GET POST"]}, "proxy_hosts[0].cors.methods[0]"),
     ({"headers": ["Content Type"]}, "proxy_hosts[0].cors.headers[0]"),

@@ -52,6 +52,7 @@ def test_forward_auth_parses_with_defaults_and_is_off_when_absent():
 @pytest.mark.parametrize("options, path", [
     ({"url": "ftp://auth/"}, "proxy_hosts[0].forward_auth.url"),
     ({"url": 5}, "proxy_hosts[0].forward_auth.url"),
+    ({"url": "http://bücher.example/verify"}, "proxy_hosts[0].forward_auth.url"),
     ({"response_headers": ["Remote User"]}, "proxy_hosts[0].forward_auth.response_headers[0]"),
     ({"response_headers": ["Host"]}, "proxy_hosts[0].forward_auth.response_headers[0]"),
     ({"response_headers": ["Transfer-Encoding"]}, "proxy_hosts[0].forward_auth.response_headers[0]"),
