@@ -860,10 +860,15 @@ def origin(value):
     if not match:
         raise Invalid(f"origin {value!r} must look like https://app.example.com[:port] (no path, no trailing /)")
     host = match["host"]
-    if host.startswith("["):
-        validators.upstream_host(host)
-    else:
-        host = validators.hostname(host, allow_wildcard=False)
+    if "*" in host:
+        raise Invalid(f"origin {value!r}: no wildcards in an origin (list each one, or \"*\" alone for any)")
+    try:
+        if host.startswith("["):
+            validators.upstream_host(host)
+        else:
+            host = validators.hostname(host, allow_wildcard=False)
+    except Invalid as exc:
+        raise Invalid(f"origin {value!r}: {exc}") from None
     port = match["port"]
     if port is not None:
         validators.port(int(port))
