@@ -32,11 +32,12 @@ class SettingsForm(forms.ModelForm):
                                      help_text=Settings._meta.get_field("acme_ca_bundle").help_text)
     cache_memory_bytes = forms.CharField(
         required=False, label="Cache: memory",
-        help_text="Memory the engine keeps cached responses in, all hosts together, e.g. 64m (the default), 1g.")
+        help_text="Memory each engine worker keeps cached responses in, all hosts together, e.g. 64m (the "
+                  "default), 1g.")
     cache_disk_bytes = forms.CharField(
         required=False, label="Cache: disk",
-        help_text="Disk space for cached responses beyond memory (in the engine's data directory), e.g. 10g; "
-                  "0 or empty = no disk cache.")
+        help_text="Disk space per engine worker for cached responses beyond memory (in the engine's cache "
+                  "directory), e.g. 10g; 0 or empty = no disk cache.")
 
     class Meta:
         model = Settings

@@ -79,6 +79,12 @@ SETTINGS_CACHE_KEYS = ("memory_bytes", "disk_bytes")
 SETTINGS_CACHE_DEFAULTS = {"memory_bytes": 64 * 1024 * 1024, "disk_bytes": 0}
 MIN_CACHE_BYTES = 1024 * 1024
 MAX_THRESHOLD = 100
+# Upper bounds the engine's snapshot parser enforces too (a value the manager accepted must
+# never make the engine refuse the whole snapshot).
+DAY, YEAR = 86400.0, 365 * 86400.0
+MAX_CACHE_MEMORY, MAX_CACHE_DISK = 1 << 40, 1 << 44
+MAX_CACHE_TTL = 10 * YEAR
+MAX_FORWARD_AUTH_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -397,6 +403,8 @@ def cache_memory_size(value):
     total = validators.size(value)
     if total < MIN_CACHE_BYTES:
         raise Invalid(f"the memory cache needs at least 1m, got {value!r}")
+    if total > MAX_CACHE_MEMORY:
+        raise Invalid(f"the memory cache is at most 1024g, got {value!r}")
     return total
 
 
@@ -404,7 +412,19 @@ def cache_disk_size(value):
     total = validators.size(value)
     if 0 < total < MIN_CACHE_BYTES:
         raise Invalid(f"the disk cache is 0 (off) or at least 1m, got {value!r}")
+    if total > MAX_CACHE_DISK:
+        raise Invalid(f"the disk cache is at most 16384g, got {value!r}")
     return total
+
+
+def duration_at_most(limit, positive=False):
+    """A duration (more than zero when `positive`) no longer than `limit` seconds."""
+    def parse(value):
+        seconds = positive_duration(value) if positive else validators.duration(value)
+        if seconds > limit:
+            raise Invalid(f"duration {value!r} is longer than {validators.format_duration(limit)}")
+        return seconds
+    return parse
 
 
 def _access_list(r, value, at):
@@ -659,8 +679,8 @@ def _cache(r, m, at):
     if cache is None:
         return None
     return {"enabled": r.field(cache, "enabled", where, boolean, True),
-            "default_ttl": r.field(cache, "default_ttl", where, validators.duration, 0.0),
-            "stale_if_error": r.field(cache, "stale_if_error", where, validators.duration, 0.0)}
+            "default_ttl": r.field(cache, "default_ttl", where, duration_at_most(MAX_CACHE_TTL), 0.0),
+            "stale_if_error": r.field(cache, "stale_if_error", where, duration_at_most(MAX_CACHE_TTL), 0.0)}
 
 
 def _rate_limit(r, m, at):
@@ -771,8 +791,9 @@ def _health_check(r, lb, where):
         return None
     d = HEALTH_CHECK_DEFAULTS
     result = {"path": r.field(check, "path", at, url_path, d["path"]),
-              "interval": r.field(check, "interval", at, positive_duration, d["interval"])}
-    result["timeout"] = r.field(check, "timeout", at, positive_duration, default_check_timeout(result["interval"]))
+              "interval": r.field(check, "interval", at, duration_at_most(DAY, positive=True), d["interval"])}
+    result["timeout"] = r.field(check, "timeout", at, duration_at_most(DAY, positive=True),
+                                default_check_timeout(result["interval"]))
     if check.get("timeout") is not None and result["timeout"] > result["interval"]:
         r.error(_key(at, "timeout"), f"timeout {validators.format_duration(result['timeout'])} is longer than the "
                                      f"interval {validators.format_duration(result['interval'])}")
@@ -805,8 +826,8 @@ def full_cache(cache):
 
 
 def _passive(r, lb, where):
-    """Passive checks: `failures` failed requests (connection errors, timeouts, 502-504)
-    within `window` take an upstream out for `cooldown`."""
+    """Passive checks: `failures` failed requests (refused, reset, timed out, invalid
+    answers) within `window` take an upstream out for `cooldown`."""
     if lb.get("passive") is None:
         return None
     at = _key(where, "passive")
@@ -815,8 +836,8 @@ def _passive(r, lb, where):
         return None
     d = PASSIVE_DEFAULTS
     return {"failures": r.field(passive, "failures", at, threshold("failures"), d["failures"]),
-            "window": r.field(passive, "window", at, positive_duration, d["window"]),
-            "cooldown": r.field(passive, "cooldown", at, positive_duration, d["cooldown"])}
+            "window": r.field(passive, "window", at, duration_at_most(DAY, positive=True), d["window"]),
+            "cooldown": r.field(passive, "cooldown", at, duration_at_most(DAY, positive=True), d["cooldown"])}
 
 
 def cookie_name(value):
@@ -843,7 +864,7 @@ def _sticky(r, lb, where):
         return None
     d = STICKY_DEFAULTS
     return {"cookie": r.field(sticky, "cookie", at, cookie_name, d["cookie"]),
-            "max_age": r.field(sticky, "max_age", at, validators.duration, d["max_age"])}
+            "max_age": r.field(sticky, "max_age", at, duration_at_most(10 * YEAR), d["max_age"])}
 
 
 _ORIGIN = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[^:/?#\[\]@\s]+)(?::(?P<port>\d+))?$")
@@ -924,7 +945,7 @@ def _cors(r, m, at):
     result["headers"] = _unique_list(r, cors, "headers", where, validators.header_name)
     result["expose"] = _unique_list(r, cors, "expose", where, validators.header_name)
     result["credentials"] = r.field(cors, "credentials", where, boolean, d["credentials"])
-    result["max_age"] = r.field(cors, "max_age", where, validators.duration, d["max_age"])
+    result["max_age"] = r.field(cors, "max_age", where, duration_at_most(DAY), d["max_age"])
     origins_at = _key(where, "origins")
     if cors.get("origins") is not None and not result["origins"] and not r.errors_at(origins_at):
         r.error(origins_at, "at least one origin is required (or \"*\" for any)")
@@ -934,32 +955,38 @@ def _cors(r, m, at):
         if "*" in result["origins"]:
             r.error(_key(where, "credentials"), "not allowed with origins [\"*\"]: every web site could read "
                                                 "responses made with the visitor's cookies; list the origins")
-        for key in ("methods", "headers", "expose"):
-            if "*" in result[key]:
-                r.error(_key(where, key), "\"*\" is not a wildcard for requests with credentials "
-                                          "(browsers take it literally): list the names")
+        # ("*" in methods / headers is answered with the preflight's own request values
+        # when credentials are on; in expose browsers would take it literally.)
+        if "*" in result["expose"]:
+            r.error(_key(where, "expose"), "\"*\" is not a wildcard for requests with credentials "
+                                           "(browsers take it literally): list the names")
     return result
 
 
 def forward_auth_url(value):
+    """An absolute http(s) URL, its scheme written in lower case."""
     value = url(value)
     if "#" in value:
         raise Invalid(f"URL {value!r}: no fragment allowed")
-    return value
+    scheme, rest = value.split("://", 1)
+    return f"{scheme.lower()}://{rest}"
 
 
 def response_header_name(value):
-    return _rule_header_name(value)
+    name = _rule_header_name(value)
+    if name.lower() == "host":
+        raise Invalid("Host cannot be copied from the authentication service's answer")
+    return name
 
 
 def _forward_auth(r, m, at):
     """Forward auth (Authelia, Authentik, oauth2-proxy): before a request goes upstream the
     proxy asks `url` about it (the original method, URI and host in X-Forwarded-* headers,
     with the request's cookies and Authorization). A 2xx answer lets the request through,
-    carrying the `response_headers` of that answer (Remote-User, ...); any other answer (401,
-    302 to the login page) goes back to the client; an auth service that fails or does not
-    answer within `timeout` refuses the request. Nothing reaches the upstream unless the auth
-    service said yes."""
+    carrying the `response_headers` of that answer (Remote-User, ...); a 3xx / 4xx answer
+    (302 to the login page, 401) goes back to the client; an auth service that fails or does
+    not answer within `timeout` gets the client a 502 / 504. Nothing reaches the upstream
+    unless the auth service said yes."""
     if m.get("forward_auth") is None:
         return None
     where = _key(at, "forward_auth")
@@ -969,7 +996,8 @@ def _forward_auth(r, m, at):
     d = FORWARD_AUTH_DEFAULTS
     return {"url": r.field(auth, "url", where, forward_auth_url),
             "response_headers": _unique_list(r, auth, "response_headers", where, response_header_name),
-            "timeout": r.field(auth, "timeout", where, positive_duration, d["timeout"])}
+            "timeout": r.field(auth, "timeout", where, duration_at_most(MAX_FORWARD_AUTH_TIMEOUT, positive=True),
+                               d["timeout"])}
 
 
 def _proxy_host(r, value, at):

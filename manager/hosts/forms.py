@@ -187,8 +187,8 @@ class ProxyHostForm(SchemaForm):
     forward_auth_url = forms.CharField(
         required=False, label="Forward auth: URL",
         help_text="Ask this service (Authelia, Authentik, oauth2-proxy) about every request first, e.g. "
-                  "http://127.0.0.1:9091/api/verify; a 2xx answer lets the request through, any other answer "
-                  "goes back to the client. Empty = off.")
+                  "http://127.0.0.1:9091/api/verify; a 2xx answer lets the request through, a 3xx/4xx answer "
+                  "(login redirect, 401) goes back to the client. Empty = off.")
     forward_auth_headers = forms.CharField(
         required=False, label="Forward auth: response headers",
         help_text="Headers of the auth answer passed on to the upstream, e.g. Remote-User, Remote-Groups. " + LINES_HELP)
@@ -212,8 +212,8 @@ class ProxyHostForm(SchemaForm):
                                              help_text="Consecutive failures that take an upstream out (default 3).")
     passive_failures = forms.CharField(
         required=False, label="Passive checks: failures",
-        help_text="Take an upstream out after this many failed requests (refused, timed out, 502-504) "
-                  "within the window, e.g. 3. Empty = off.")
+        help_text="Take an upstream out after this many failed requests (refused, reset, timed out, "
+                  "invalid answer) within the window, e.g. 3. Empty = off.")
     passive_window = forms.CharField(required=False, label="Passive checks: window", help_text="Default 10s.")
     passive_cooldown = forms.CharField(required=False, label="Passive checks: cooldown",
                                        help_text="How long it stays out (default 30s).")
@@ -224,7 +224,7 @@ class ProxyHostForm(SchemaForm):
     cache_ttl = forms.CharField(required=False, label="Cache default TTL", help_text="For responses that say nothing, e.g. 5m; empty = 0.")
     cache_stale_if_error = forms.CharField(
         required=False, label="Serve stale on error",
-        help_text="When the upstream fails (refused, timed out, 5xx), serve a cached copy up to this long past "
+        help_text="When the upstream fails (unreachable, timed out, 500/502/503/504), serve a cached copy up to this long past "
                   "its expiry, e.g. 1h; empty = never.")
     compression = forms.MultipleChoiceField(choices=[(c, c) for c in schema.COMPRESSIONS], required=False,
                                             widget=forms.CheckboxSelectMultiple)

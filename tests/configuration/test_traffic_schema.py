@@ -84,6 +84,13 @@ def test_cors_and_forward_auth_defaults():
     assert host["cors"] == {"origins": ["*"], "methods": ["GET", "HEAD", "POST"], "headers": [], "expose": [],
                             "credentials": False, "max_age": 600.0}
     assert host["forward_auth"] == {"url": "https://auth.home.test/api/verify", "response_headers": [], "timeout": 5.0}
+    assert parse_host(forward_auth={"url": "HTTP://auth.lan:9091/Verify"})["forward_auth"]["url"] == "http://auth.lan:9091/Verify"
+
+
+def test_wildcard_methods_and_headers_are_fine_with_credentials():
+    cors = parse_host(cors={"origins": ["https://a.home.test"], "credentials": True, "methods": ["*"],
+                            "headers": ["*"]})["cors"]
+    assert (cors["methods"], cors["headers"], cors["credentials"]) == (["*"], ["*"], True)
 
 
 def test_a_location_cache_gains_stale_if_error():
@@ -144,8 +151,8 @@ P = "proxy_hosts[0]"
     ({"cors": {"origins": ["*", "https://a.home.test"]}}, f"{P}.cors.origins: \"*\" allows every origin: list it alone"),
     ({"cors": {"origins": ["*"], "credentials": True}},
      f"{P}.cors.credentials: not allowed with origins [\"*\"]: every web site could read responses"),
-    ({"cors": {"origins": ["https://a.home.test"], "credentials": True, "headers": ["*"]}},
-     f"{P}.cors.headers: \"*\" is not a wildcard for requests with credentials"),
+    ({"cors": {"origins": ["https://a.home.test"], "credentials": True, "expose": ["*"]}},
+     f"{P}.cors.expose: \"*\" is not a wildcard for requests with credentials"),
     ({"cors": {"origins": ["*"], "methods": ["GET", "BAD METHOD"]}}, f"{P}.cors.methods[1]: invalid method 'BAD METHOD'"),
     ({"cors": {"origins": ["*"], "methods": ["GET", "get"]}}, f"{P}.cors.methods[1]: GET is listed twice"),
     ({"cors": {"origins": ["*"], "headers": ["Content Type"]}}, f"{P}.cors.headers[0]: invalid header name 'Content Type'"),
@@ -161,6 +168,16 @@ P = "proxy_hosts[0]"
      f"{P}.forward_auth.response_headers[0]: invalid header name 'Remote User'"),
     ({"forward_auth": {"url": "http://auth.lan/", "response_headers": ["Transfer-Encoding"]}},
      f"{P}.forward_auth.response_headers[0]: Transfer-Encoding is managed by the proxy"),
+    ({"forward_auth": {"url": "http://auth.lan/", "response_headers": ["Host"]}},
+     f"{P}.forward_auth.response_headers[0]: Host cannot be copied"),
+    ({"forward_auth": {"url": "http://auth.lan/", "timeout": "10m"}},
+     f"{P}.forward_auth.timeout: duration '10m' is longer than 5m"),
+    ({"load_balancing": {"health_check": {"interval": "2d"}}},
+     f"{P}.load_balancing.health_check.interval: duration '2d' is longer than 1d"),
+    ({"load_balancing": {"passive": {"cooldown": "25h"}}}, f"{P}.load_balancing.passive.cooldown: duration '25h' is longer than 1d"),
+    ({"load_balancing": {"sticky": {"max_age": "600w"}}}, f"{P}.load_balancing.sticky.max_age: duration '600w' is longer than"),
+    ({"cors": {"origins": ["*"], "max_age": "2d"}}, f"{P}.cors.max_age: duration '2d' is longer than 1d"),
+    ({"cache": {"stale_if_error": "600w"}}, f"{P}.cache.stale_if_error: duration '600w' is longer than"),
     ({"forward_auth": {"url": "http://auth.lan/", "response_headers": ["Remote-User", "remote-user"]}},
      f"{P}.forward_auth.response_headers[1]: remote-user is listed twice"),
 ])
@@ -173,6 +190,8 @@ def test_each_invalid_feature_value_is_named_with_its_path(keys, expected):
     ({"memory_bytes": "512k"}, "settings.cache.memory_bytes: the memory cache needs at least 1m, got '512k'"),
     ({"disk_bytes": 1000}, "settings.cache.disk_bytes: the disk cache is 0 (off) or at least 1m, got 1000"),
     ({"memory_bytes": "lots"}, "settings.cache.memory_bytes: invalid size 'lots'"),
+    ({"memory_bytes": "2048g"}, "settings.cache.memory_bytes: the memory cache is at most 1024g, got '2048g'"),
+    ({"disk_bytes": "20000g"}, "settings.cache.disk_bytes: the disk cache is at most 16384g, got '20000g'"),
     ({"size": "1g"}, "settings.cache.size: unknown key (expected one of: memory_bytes, disk_bytes)"),
 ])
 def test_settings_cache_errors_are_named(cache, expected):
