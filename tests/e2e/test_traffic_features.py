@@ -1,0 +1,320 @@
+"""The traffic features (issue #6) the way a user meets them, through real processes only.
+
+One YAML document (the keys of docs/config-format.md) is loaded with the real
+`manage.py importconfig` as a subprocess into the test database, one real `manage.py
+runproxy` process serves it, and real upstream servers on 127.0.0.1 record every request
+they receive. Each test sends requests through the engine and asserts both what the client
+got and what the upstream (or the auth service) saw. The engine, the upstreams and the
+imported configuration are shared by the module (each feature has its own proxy host and
+its own upstreams, so the tests do not see each other's traffic).
+
+The tests are not marked `django_db`: the database holds the imported document for the
+whole module, and is emptied when the module is done. The few in-process ORM calls (the
+"Purge cache" view, the engine's health reports) run under `django_db_blocker.unblock()`.
+"""
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import brotli
+import pytest
+import zstandard
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import setup_databases, teardown_databases
+
+from manager.hosts.models import EngineNode, ProxyHost
+from tests.live import ROOT, runproxy
+
+pytestmark = [pytest.mark.e2e]
+
+APP_ORIGIN = "https://app.example.test"
+SESSION = "authelia_session=good-session-7f3a"
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(400)).encode()
+
+
+# -- real servers on 127.0.0.1 -----------------------------------------------------------
+
+class Recording(BaseHTTPRequestHandler):
+    """An upstream that records each request (method, path, headers with repeats) and
+    answers by path: /health (the active check), /cached (cacheable for 5 minutes), /text
+    (a large text body), anything else JSON naming the server. It announces itself with
+    Server and X-Powered-By, which hide_upstream_identity must drop."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "SecretUpstream/1.0"
+    sys_version = ""
+
+    def log_message(self, *args):
+        pass
+
+    def _record(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        entry = {"method": self.command, "path": self.path, "headers": self.headers, "body": body}
+        with self.server.lock:
+            (self.server.probes if self.path == "/health" else self.server.seen).append(entry)
+
+    def _send(self, status, body, ctype="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Powered-By", "PHP/8.3.0")
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _answer(self):
+        self._record()
+        if self.path == "/health":
+            self._send(200, b"ok", "text/plain")
+        elif self.path.startswith("/cached"):
+            with self.server.lock:
+                serial = len([e for e in self.server.seen if e["path"].startswith("/cached")])
+            self._send(200, json.dumps({"server": self.server.name, "serial": serial}).encode(),
+                       extra=[("Cache-Control", "public, max-age=300")])
+        elif self.path.startswith("/text"):
+            self._send(200, TEXT, "text/plain; charset=utf-8")
+        else:
+            self._send(200, json.dumps({"server": self.server.name, "path": self.path}).encode())
+
+    do_GET = do_POST = do_PUT = do_OPTIONS = do_HEAD = _answer
+
+
+class AuthService(BaseHTTPRequestHandler):
+    """An Authelia-like verification endpoint: 200 with Remote-User / Remote-Groups for the
+    session cookie it knows, 401 otherwise. Records every verification request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        with self.server.lock:
+            self.server.seen.append({"path": self.path, "headers": self.headers})
+        if SESSION in (self.headers.get("Cookie") or ""):
+            status, body, extra = 200, b"", [("Remote-User", "alice"), ("Remote-Groups", "admins,family")]
+        else:
+            status, body, extra = 401, b"login required", []
+        self.send_response(status)
+        for name, value in extra:
+            self.send_header(name, value)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(handler, name, port=0):
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    server.name = name
+    server.lock = threading.Lock()
+    server.seen, server.probes = [], []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def kill(server):
+    """Stop a server and close its listening socket: connections to its port are refused."""
+    if not getattr(server, "killed", False):
+        server.shutdown()
+        server.server_close()
+        server.killed = True
+
+
+def seen(server, prefix="/"):
+    with server.lock:
+        return [entry for entry in server.seen if entry["path"].startswith(prefix)]
+
+
+def url(server):
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def wait_until(condition, timeout, what):
+    """Poll `condition()` (bounded); the failure names what was awaited and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+# -- the document, the import and the engine ---------------------------------------------
+
+def document(s):
+    return f"""\
+version: 1
+proxy_hosts:
+  - domains: [edge.example.test]
+    upstreams: ["{url(s['edge'])}"]
+    security_headers: true
+    hide_upstream_identity: true
+    cors:
+      origins: ["{APP_ORIGIN}"]
+      methods: [GET, POST, PUT]
+      headers: [Content-Type, X-Api-Key]
+      max_age: 10m
+  - domains: [auth.example.test]
+    upstreams: ["{url(s['auth_upstream'])}"]
+    forward_auth:
+      url: "{url(s['authelia'])}/api/verify?rd=https://login.example.test"
+      response_headers: [Remote-User, Remote-Groups]
+      timeout: 5s
+  - domains: [lb.example.test]
+    upstreams: ["{url(s['lb_a'])}", "{url(s['lb_b'])}"]
+    load_balancing:
+      policy: round_robin
+      health_check: {{path: /health, interval: 500ms, timeout: 500ms, expect: 200, healthy: 1, unhealthy: 2}}
+  - domains: [cache.example.test]
+    upstreams: ["{url(s['cache'])}"]
+    cache: {{enabled: true, default_ttl: 1m}}
+  - domains: [compress.example.test]
+    upstreams: ["{url(s['compress'])}"]
+    compression: [gzip, br, zstd]
+  - domains: [limit.example.test]
+    upstreams: ["{url(s['limit'])}"]
+    rate_limit: {{requests: 3, per: 1m, key: ip, burst: 0}}
+  - domains: [exploits.example.test]
+    upstreams: ["{url(s['exploits'])}"]
+    block_exploits: true
+"""
+
+
+def manage(database, data_dir, *args):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}", "GATEHOUSE_DATA_DIR": str(data_dir),
+           "REDIS_URL": "", "DJANGO_SETTINGS_MODULE": "manager.settings"}
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def database(django_db_setup, django_db_blocker):
+    """The test database file. pytest-django creates it only when a collected test is marked
+    for the database; these tests are not (the imported document must outlive each test), so
+    when this module runs alone it is created here, as pytest-django would, and removed after."""
+    created = None
+    with django_db_blocker.unblock():
+        if connection.settings_dict["NAME"] != connection.settings_dict["TEST"]["NAME"]:
+            created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield connection.settings_dict["NAME"]
+    with django_db_blocker.unblock():
+        call_command("flush", interactive=False, verbosity=0)
+        if created is not None:
+            teardown_databases(created, verbosity=0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, database, django_db_blocker):
+    base = tmp_path_factory.mktemp("traffic")
+    servers = {name: serve(Recording, name) for name in
+               ("edge", "auth_upstream", "lb_a", "lb_b", "cache", "compress", "limit", "exploits")}
+    servers["authelia"] = serve(AuthService, "authelia")
+    source = base / "gatehouse.yaml"
+    source.write_text(document(servers))
+    output = manage(database, base / "manager-data", "importconfig", str(source))
+    assert "proxy hosts: 7 created" in output, output
+    engine = runproxy(database, base / "engine-data", poll_interval=0.2)
+    try:
+        engine.wait_for(lambda r, b: r.status == 200 and b"edge" in b, timeout=30, host="edge.example.test")
+        with django_db_blocker.unblock():
+            hosts = {host.domains[0].split(".")[0]: host for host in ProxyHost.objects.all()}
+        yield {"engine": engine, "servers": servers, "hosts": hosts, "base": base}
+    finally:
+        engine.stop()
+        for server in servers.values():
+            kill(server)
+
+
+def get(world, host, path, headers=None, method="GET"):
+    return world["engine"].request(method, path, host=f"{host}.example.test", headers=headers)
+
+
+# -- header presets, CORS, forward auth --------------------------------------------------
+
+def test_security_headers_and_hidden_upstream_identity(world):
+    upstream = world["servers"]["edge"]
+    before = len(seen(upstream))
+    response, body = get(world, "edge", "/page")
+    assert response.status == 200 and json.loads(body)["server"] == "edge"
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    assert response.getheader("X-Frame-Options") == "SAMEORIGIN"
+    assert response.getheader("Referrer-Policy") == "strict-origin-when-cross-origin"
+    assert response.getheader("Permissions-Policy")
+    assert response.getheader("X-Powered-By") is None
+    assert "SecretUpstream" not in str(response.headers), "the upstream's Server header must be dropped"
+    assert [e["path"] for e in seen(upstream)[before:]] == ["/page"]
+
+
+def test_cors_preflight_is_answered_by_the_proxy_without_the_upstream(world):
+    upstream = world["servers"]["edge"]
+    before = len(seen(upstream))
+    response, _ = get(world, "edge", "/api/items", method="OPTIONS", headers={
+        "Origin": APP_ORIGIN, "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type"})
+    assert response.status == 204
+    assert response.getheader("Access-Control-Allow-Origin") == APP_ORIGIN
+    assert "PUT" in response.getheader("Access-Control-Allow-Methods")
+    assert "content-type" in response.getheader("Access-Control-Allow-Headers").lower()
+    assert response.getheader("Access-Control-Max-Age") == "600"
+
+    refused, _ = get(world, "edge", "/api/items", method="OPTIONS", headers={
+        "Origin": "https://evil.example.test", "Access-Control-Request-Method": "PUT"})
+    assert refused.status == 403 and refused.getheader("Access-Control-Allow-Origin") is None
+    assert seen(upstream)[before:] == [], "preflights must never reach the upstream"
+
+    # The actual request does reach it, and its answer carries the allow-origin header.
+    response, body = get(world, "edge", "/api/items", method="PUT", headers={"Origin": APP_ORIGIN})
+    assert response.status == 200 and response.getheader("Access-Control-Allow-Origin") == APP_ORIGIN
+    assert [(e["method"], e["path"]) for e in seen(upstream)[before:]] == [("PUT", "/api/items")]
+
+
+def test_forward_auth_asks_the_auth_service_and_passes_its_user_on(world):
+    upstream, authelia = world["servers"]["auth_upstream"], world["servers"]["authelia"]
+    before_up, before_auth = len(seen(upstream)), len(seen(authelia))
+
+    # No session: the auth service's 401 goes back to the client; the upstream never sees it.
+    response, body = get(world, "auth", "/dashboard?tab=1")
+    assert response.status == 401 and b"login required" in body
+    asked = seen(authelia)[before_auth:]
+    assert len(asked) == 1 and asked[0]["path"].startswith("/api/verify")
+    assert asked[0]["headers"]["X-Forwarded-Method"] == "GET"
+    assert asked[0]["headers"]["X-Forwarded-Host"] == "auth.example.test"
+    assert asked[0]["headers"]["X-Forwarded-Uri"] == "/dashboard?tab=1"
+    assert seen(upstream)[before_up:] == []
+
+    # A forged Remote-User without a session changes nothing.
+    response, _ = get(world, "auth", "/dashboard", headers={"Remote-User": "admin"})
+    assert response.status == 401 and seen(upstream)[before_up:] == []
+
+    # With the session: 200, and the upstream gets the user the auth service named.
+    response, body = get(world, "auth", "/dashboard", headers={"Cookie": SESSION})
+    assert response.status == 200 and json.loads(body)["server"] == "auth_upstream"
+    (entry,) = seen(upstream)[before_up:]
+    assert entry["headers"].get_all("Remote-User") == ["alice"]
+    assert entry["headers"].get_all("Remote-Groups") == ["admins,family"]
+
+    # A client's own Remote-User is stripped, even with a valid session.
+    response, _ = get(world, "auth", "/dashboard", headers={"Cookie": SESSION, "Remote-User": "admin",
+                                                            "Remote-Groups": "root"})
+    assert response.status == 200
+    entry = seen(upstream)[before_up:][-1]
+    assert entry["headers"].get_all("Remote-User") == ["alice"]
+    assert entry["headers"].get_all("Remote-Groups") == ["admins,family"]
+    assert len(seen(upstream)[before_up:]) == 2 and len(seen(authelia)[before_auth:]) == 4
