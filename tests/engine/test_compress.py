@@ -1,0 +1,319 @@
+"""Response compression (proxy_engine.compress): negotiation, types, header edits, the
+streaming encoders, snapshot parsing and route building; then through a real engine
+process with real upstreams (HTTP/1.1 and HTTP/2)."""
+import gzip
+import os
+import tracemalloc
+import zlib
+
+import brotli
+import pytest
+import zstandard
+
+from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_compression, choose, compressible,
+                                   edit_headers, encoder, parse_accept_encoding, request_path, weaken_etag)
+from proxy_engine.routing import Router
+from proxy_engine.snapshot import SnapshotError, parse_snapshot
+from tests.engine.support import document
+
+ALL = ("gzip", "br", "zstd")
+
+
+def decode(name, data):
+    if name == "gzip":
+        return gzip.decompress(data)
+    if name == "br":
+        return brotli.decompress(data)
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def text(size, seed=0):
+    """Compressible but not trivially repetitive text of `size` bytes."""
+    out = []
+    total = 0
+    i = seed
+    while total < size:
+        line = b'{"id": %d, "name": "item-%x", "ok": %s}\n' % (i, i * 2654435761 % 4294967296, b"true" if i % 3 else b"false")
+        out.append(line)
+        total += len(line)
+        i += 1
+    return b"".join(out)[:size]
+
+
+# -- negotiation ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accept, enabled, expected", [
+    (None, ALL, None),                                        # no header: identity
+    (b"", ALL, None),
+    (b"gzip", ALL, "gzip"),
+    (b"GZIP", ALL, "gzip"),
+    (b"x-gzip", ALL, "gzip"),
+    (b"gzip, deflate, br", ALL, "br"),                         # tie: br over gzip
+    (b"gzip, deflate, br, zstd", ALL, "zstd"),                 # tie: zstd first
+    (b"gzip, deflate, br, zstd", ("gzip", "br"), "br"),        # only what the route enables
+    (b"gzip, deflate, br, zstd", ("gzip",), "gzip"),
+    (b"br;q=0.5, gzip;q=0.8", ALL, "gzip"),                    # q beats preference
+    (b"br;q=1.0, gzip;q=0.999", ALL, "br"),
+    (b"zstd;q=0, br;q=0, gzip", ALL, "gzip"),                  # q=0 refuses
+    (b"gzip;q=0", ("gzip",), None),
+    (b"*", ALL, "zstd"),
+    (b"*;q=0.5, br", ALL, "br"),
+    (b"*, zstd;q=0", ALL, "br"),                               # * covers only the unlisted
+    (b"*;q=0", ALL, None),
+    (b"deflate", ALL, None),                                   # nothing we offer
+    (b"identity", ALL, None),
+    (b"gzip;q=0.5, identity;q=1", ALL, None),                  # identity preferred explicitly
+    (b"gzip;q=0.5, identity;q=0.5", ALL, "gzip"),
+    (b"gzip, identity;q=0", ALL, "gzip"),
+    (b" gzip ;  q=0.7 ,, br;Q=0.6", ALL, "gzip"),              # OWS, empty elements, Q
+    (b"gzip;q=2", ALL, None),                                  # malformed: out of range
+    (b"gzip;q=0.1234", ALL, None),                             # malformed: four decimals
+    (b"gzip;q=", ALL, None),
+    (b"gzip;level=1", ALL, None),                              # unknown parameter
+    (b"gz ip", ALL, None),                                     # not a token
+    (b"gzip;q=1.5, br", ALL, None),                            # one bad element spoils it all
+    (b"\x00gzip", ALL, None),
+])
+def test_negotiation(accept, enabled, expected):
+    assert choose(accept, enabled) == expected
+
+
+def test_parse_accept_encoding_keeps_the_first_weight_and_refuses_garbage():
+    assert parse_accept_encoding(b"gzip;q=0.2, gzip;q=0.9, br") == {b"gzip": 0.2, b"br": 1.0}
+    assert parse_accept_encoding(b"GZip ; q=0.5") == {b"gzip": 0.5}
+    assert parse_accept_encoding(b"gzip;q=0.5;q=0.6") is None
+    assert parse_accept_encoding(b";q=1") is None
+
+
+@pytest.mark.parametrize("content_type, expected", [
+    (b"text/html; charset=utf-8", True), (b"TEXT/CSS", True), (b"text/event-stream", True),
+    (b"application/json", True), (b"application/javascript", True), (b"application/xml", True),
+    (b"application/problem+json", True), (b"application/atom+xml; charset=utf-8", True),
+    (b"image/svg+xml", True), (b"application/wasm", True), (b"font/ttf", True),
+    (b"image/png", False), (b"image/jpeg", False), (b"application/octet-stream", False),
+    (b"application/zip", False), (b"video/mp4", False), (b"font/woff2", False), (b"", False),
+])
+def test_compressible_types(content_type, expected):
+    assert compressible(content_type) is expected
+
+
+def test_etag_weakening():
+    assert weaken_etag(b'"abc"') == b'W/"abc"'
+    assert weaken_etag(b'W/"abc"') == b'W/"abc"'
+    assert weaken_etag(b' "x" ') == b'W/"x"'
+
+
+def test_request_path():
+    assert request_path(b"/a/b?x=1") == b"/a/b"
+    assert request_path(b"http://h.example/static/x?y") == b"/static/x"
+    assert request_path(b"https://h.example") == b"/"
+
+
+def triples(*pairs):
+    return [(n.lower(), n, v) for n, v in pairs]
+
+
+def test_header_edits_when_compressing():
+    headers = triples((b"Content-Type", b"text/html"), (b"Content-Length", b"5000"), (b"ETag", b'"v1"'),
+                      (b"Accept-Ranges", b"bytes"), (b"Vary", b"Origin"), (b"Content-Encoding", b"identity"),
+                      (b"X-Keep", b"1"))
+    out = edit_headers(headers, "br")
+    names = [n for n, _, _ in out]
+    assert b"content-length" not in names and b"accept-ranges" not in names
+    assert dict((n, v) for n, _, v in out) == {
+        b"content-type": b"text/html", b"etag": b'W/"v1"', b"x-keep": b"1",
+        b"vary": b"Origin, Accept-Encoding", b"content-encoding": b"br"}
+    assert names.count(b"vary") == 1 and names.count(b"content-encoding") == 1
+
+
+def test_vary_is_merged_once_and_never_next_to_star():
+    plain = triples((b"Content-Type", b"text/plain"))
+    assert edit_headers(plain, None)[-1] == (b"vary", b"Vary", b"Accept-Encoding")
+    already = triples((b"Content-Type", b"text/plain"), (b"Vary", b"origin, accept-encoding"))
+    assert edit_headers(already, None) is already
+    assert edit_headers(already, "gzip").count((b"vary", b"Vary", b"origin, accept-encoding")) == 1
+    star = triples((b"Vary", b"*"))
+    assert edit_headers(star, None) is star
+    two = triples((b"Vary", b"Origin"), (b"Vary", b"Cookie"))
+    assert [v for n, _, v in edit_headers(two, None) if n == b"vary"] == [b"Origin, Cookie, Accept-Encoding"]
+
+
+# -- per-response decisions ---------------------------------------------------------------
+
+def route_compression(host_list=ALL, locations=()):
+    doc = document()
+    host = doc["proxy_hosts"][0]
+    host["compression"] = list(host_list)
+    host["locations"] = [{"path": p, "upstreams": [], "compression": c} for p, c in locations]
+    return Router(parse_snapshot(doc)).route(b"app.example.test").compression
+
+
+def decide(comp=None, target=b"/x", accept=b"gzip, br, zstd", method=b"GET", status=200, length=5000,
+           ctype=b"text/html", extra=(), request_extra=(), chunked_ok=True):
+    comp = comp or route_compression()
+    req = triples((b"Host", b"app.example.test"), *request_extra)
+    if accept is not None:
+        req += triples((b"Accept-Encoding", accept))
+    resp = triples(*([(b"Content-Type", ctype)] if ctype is not None else []), *extra)
+    if length is not None:
+        resp += triples((b"Content-Length", b"%d" % length))
+    headers, enc = comp.response(target, req, method == b"HEAD", status, resp, length, chunked_ok)
+    values = {n: v for n, _, v in headers}
+    return (enc.name if enc is not None else None), values
+
+
+def test_a_compressible_response_is_compressed_with_the_clients_best():
+    name, headers = decide()
+    assert name == "zstd" and headers[b"content-encoding"] == b"zstd" and b"content-length" not in headers
+    assert headers[b"vary"] == b"Accept-Encoding"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(method=b"HEAD"), dict(status=206), dict(status=304), dict(status=204), dict(status=101),
+    dict(status=103), dict(length=MIN_LENGTH - 1), dict(request_extra=[(b"Range", b"bytes=0-10")]),
+    dict(extra=[(b"Content-Encoding", b"gzip")]), dict(extra=[(b"Cache-Control", b"public, No-Transform")]),
+    dict(ctype=b"image/png"), dict(ctype=None), dict(accept=None), dict(accept=b"gzip;q=2"),
+    dict(chunked_ok=False),
+])
+def test_responses_left_uncompressed(kwargs):
+    name, headers = decide(**kwargs)
+    assert name is None
+    upstream_encoding = [v for n, v in kwargs.get("extra", ()) if n == b"Content-Encoding"]
+    assert headers.get(b"content-encoding") == (upstream_encoding[0] if upstream_encoding else None)
+    if kwargs.get("length", 5000) is not None:
+        assert b"content-length" in headers
+
+
+def test_vary_on_compressible_types_even_for_identity():
+    assert decide(accept=None)[1][b"vary"] == b"Accept-Encoding"
+    assert decide(length=10)[1][b"vary"] == b"Accept-Encoding"
+    assert decide(method=b"HEAD")[1][b"vary"] == b"Accept-Encoding"
+    assert b"vary" not in decide(ctype=b"image/png")[1]
+    assert b"vary" not in decide(extra=[(b"Cache-Control", b"no-transform")])[1]
+
+
+def test_exact_minimum_and_unknown_length_are_compressed_and_identity_encoding_is_replaced():
+    assert decide(length=MIN_LENGTH)[0] == "zstd"
+    name, headers = decide(length=None, accept=b"gzip")
+    assert name == "gzip"
+    name, headers = decide(extra=[(b"Content-Encoding", b"Identity")], accept=b"br")
+    assert name == "br" and headers[b"content-encoding"] == b"br"
+
+
+def test_streaming_flag_follows_the_length():
+    comp = route_compression()
+    req = triples((b"Accept-Encoding", b"gzip"))
+    _, enc = comp.response(b"/", req, False, 200, triples((b"Content-Type", b"text/plain")), None, True)
+    assert enc.streaming
+    _, enc = comp.response(b"/", req, False, 200, triples((b"Content-Type", b"text/plain")), 4096, True)
+    assert not enc.streaming
+
+
+def test_location_overrides_and_inheritance():
+    comp = route_compression(ALL, [("/api/", ["gzip"]), ("/raw/", []), ("/same/", None)])
+    assert decide(comp, target=b"/api/x")[0] == "gzip"
+    assert decide(comp, target=b"/raw/x") == (None, {b"content-type": b"text/html", b"content-length": b"5000"})
+    assert decide(comp, target=b"/same/x")[0] == "zstd"
+    assert decide(comp, target=b"http://app.example.test/raw/y?q")[0] is None
+    only_location = route_compression((), [("/assets/", ["br"])])
+    assert decide(only_location, target=b"/assets/a.css")[0] == "br"
+    assert decide(only_location, target=b"/")[0] is None
+
+
+def test_a_host_without_compression_builds_nothing():
+    assert route_compression(()) is None
+    assert route_compression((), [("/a/", None), ("/b/", [])]) is None
+    assert isinstance(route_compression(["gzip"]), RouteCompression)
+
+
+def test_negotiations_are_memoised_and_bounded():
+    comp = route_compression()
+    enabled = comp.for_path(b"/")
+    for i in range(1000):
+        enabled.choose(b"gzip;q=0.%d" % (i % 1000))
+    assert len(enabled.memo) <= 256
+    assert enabled.choose(b"br") == "br" and enabled.memo[b"br"] == "br"
+
+
+# -- snapshot -----------------------------------------------------------------------------
+
+def test_snapshot_refuses_unknown_encodings_with_their_path():
+    doc = document()
+    doc["proxy_hosts"][0]["compression"] = ["gzip", "deflate"]
+    doc["proxy_hosts"][0]["locations"][1]["compression"] = ["lz4"]
+    doc["proxy_hosts"][0]["locations"][2]["compression"] = "gzip"
+    with pytest.raises(SnapshotError) as err:
+        parse_snapshot(doc)
+    errors = err.value.errors
+    assert any(e.startswith("proxy_hosts[0].compression[1]: unknown encoding 'deflate'") for e in errors)
+    assert any(e.startswith("proxy_hosts[0].locations[1].compression[0]: unknown encoding 'lz4'") for e in errors)
+    assert any(e.startswith("proxy_hosts[0].locations[2].compression:") for e in errors)
+
+
+def test_snapshot_parses_host_and_location_lists():
+    doc = document()
+    doc["proxy_hosts"][0]["compression"] = ["br", "gzip"]
+    doc["proxy_hosts"][0]["locations"][0]["compression"] = []
+    host = parse_snapshot(doc).proxy_hosts[0]
+    assert host.compression == ("br", "gzip")
+    assert [loc.compression for loc in host.locations] == [(), None, None]
+    assert parse_snapshot(document()).proxy_hosts[0].compression == ()
+
+
+# -- encoders -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("streaming", [True, False])
+def test_streaming_round_trip(name, streaming):
+    body = text(300_000) + os.urandom(5000) + text(50_000, seed=7)
+    enc = encoder(name, streaming)
+    out = []
+    for i in range(0, len(body), 7000):
+        out.append(enc.compress(body[i:i + 7000]))
+        out.append(enc.flush())
+    out.append(enc.finish())
+    data = b"".join(out)
+    assert decode(name, data) == body
+    assert len(data) < len(body) // 3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_flush_makes_everything_fed_so_far_decodable(name):
+    """What an SSE client needs: each event readable as soon as its read is flushed."""
+    enc = encoder(name, streaming=True)
+    decoder = {"gzip": lambda: zlib.decompressobj(31), "br": brotli.Decompressor,
+               "zstd": lambda: zstandard.ZstdDecompressor().decompressobj()}[name]()
+    feed = decoder.process if name == "br" else decoder.decompress
+    for i in range(5):
+        event = b"data: event %d\n\n" % i
+        sent = enc.compress(event) + enc.flush()
+        assert feed(sent) == event
+    assert enc.flush() == b""                 # nothing fed since the last flush: nothing to send
+    feed(enc.finish())
+
+
+def test_a_known_length_body_is_not_flushed_before_its_end():
+    enc = encoder("gzip", streaming=False)
+    first = enc.compress(b"hello " * 10)
+    assert enc.flush() == b""
+    assert gzip.decompress(first + enc.finish()) == b"hello " * 10
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_10_mib_streamed_body_stays_bounded_in_memory(name):
+    piece = text(64 * 1024)
+    enc = encoder(name, streaming=True)
+    tracemalloc.start()
+    try:
+        emitted = 0
+        largest = 0
+        for i in range(160):                  # 10 MiB in 64 KiB reads
+            out = enc.compress(piece[i % 7:] + piece[:i % 7]) + enc.flush()
+            emitted += len(out)
+            largest = max(largest, len(out))
+        emitted += len(enc.finish())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert emitted > 0 and largest < 256 * 1024
+    assert peak < 2 * 1024 * 1024, peak       # Python-side allocations never approach the body size
