@@ -2,12 +2,20 @@
 streaming encoders, snapshot parsing and route building; then through a real engine
 process with real upstreams (HTTP/1.1 and HTTP/2)."""
 import gzip
+import http.client
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 import tracemalloc
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import brotli
 import pytest
+import trustme
 import zstandard
 
 from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_compression, choose, compressible,
@@ -15,6 +23,8 @@ from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_com
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import document
+from tests.engine.test_process import write_doc
+from tests.live import EngineProcess, free_port
 
 ALL = ("gzip", "br", "zstd")
 
@@ -317,3 +327,272 @@ def test_a_10_mib_streamed_body_stays_bounded_in_memory(name):
         tracemalloc.stop()
     assert emitted > 0 and largest < 256 * 1024
     assert peak < 2 * 1024 * 1024, peak       # Python-side allocations never approach the body size
+
+
+# -- through a real engine process and real upstreams -------------------------------------
+
+PAGE = text(40_000, seed=1)
+SMALL = text(200, seed=2)
+EVENTS = 4
+
+
+class ContentUpstream(BaseHTTPRequestHandler):
+    """Serves the bodies the integration tests compress (or must leave alone)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, status, body, ctype, extra=(), head=False):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        if status != 304:
+            self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        if not head and status != 304:
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head=False):
+        path = self.path.split("?")[0]
+        self.server.accept_encodings.append(self.headers.get("Accept-Encoding"))
+        if path == "/sse":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(EVENTS):
+                if i:
+                    self.server.gate.acquire(timeout=10)      # the next event only when the test says so
+                event = b"id: %d\ndata: %s\n\n" % (i, b"tick " * 20)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if path == "/chunked.txt":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(PAGE), 3000):
+                piece = PAGE[i:i + 3000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if path == "/small.json":
+            return self._answer(200, SMALL, "application/json", head=head)
+        if path == "/pre.txt":
+            return self._answer(200, gzip.compress(PAGE), "text/plain", [("Content-Encoding", "gzip")], head=head)
+        if path == "/nt.txt":
+            return self._answer(200, PAGE, "text/plain", [("Cache-Control", "public, no-transform")], head=head)
+        if path == "/image.png":
+            return self._answer(200, PAGE, "image/png", head=head)
+        if path == "/range.txt" and self.headers.get("Range"):
+            return self._answer(206, PAGE[:100], "text/plain", [("Content-Range", f"bytes 0-99/{len(PAGE)}")])
+        if path == "/etag.txt" and self.headers.get("If-None-Match") == '"v1"':
+            return self._answer(304, b"", "text/plain", [("ETag", '"v1"')])
+        self._answer(200, PAGE, "text/html; charset=utf-8",
+                     [("ETag", '"v1"'), ("Accept-Ranges", "bytes"), ("Vary", "Origin")], head=head)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compress")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("app.example.test")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), ContentUpstream)
+    upstream.daemon_threads = True
+    upstream.gate = threading.Semaphore(0)
+    upstream.accept_encodings = []
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    doc = {
+        "revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
+        "proxy_hosts": [{
+            "id": 1, "domains": ["app.example.test"], "max_body_size": None,
+            "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": upstream.server_address[1], "weight": 1}],
+            "compression": ["gzip", "br", "zstd"],
+            "locations": [{"path": "/api/", "upstreams": [], "compression": ["gzip"]},
+                          {"path": "/raw/", "upstreams": [], "compression": []}],
+            "ssl": {"certificate": "app", "force_https": False, "http2": True, "hsts": False},
+        }, {
+            "id": 2, "domains": ["plain.example.test"], "max_body_size": None, "locations": [],
+            "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": upstream.server_address[1], "weight": 1}],
+        }],
+        "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
+        "certificates": [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
+                          "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
+    }
+    write_doc(tmp / "snapshot.json", doc)
+    http_port, https_port = free_port(), free_port()
+    engine = EngineProcess(
+        [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
+         str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"], http_port)
+    engine.wait_for(lambda r, d: r.status != 503)
+    engine.tmp, engine.https_port, engine.upstream = tmp, https_port, upstream
+    yield engine
+    engine.stop()
+    upstream.shutdown()
+    upstream.server_close()
+
+
+def get(live, path, accept="gzip, br, zstd", method="GET", host="app.example.test", **headers):
+    if accept is not None:
+        headers["Accept-Encoding"] = accept
+    response, data = live.request(method, path, host=host, headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return response, data
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_live_each_encoding_round_trips(live, name):
+    response, data = get(live, "/page.html", accept=f"{name}, identity;q=0.5")
+    assert response.status == 200
+    assert response.getheader("Content-Encoding") == name
+    assert response.getheader("Content-Length") is None and response.getheader("Transfer-Encoding") == "chunked"
+    assert response.getheader("Vary") == "Origin, Accept-Encoding"
+    assert response.getheader("ETag") == 'W/"v1"' and response.getheader("Accept-Ranges") is None
+    assert decode(name, data) == PAGE and len(data) < len(PAGE) // 3
+    # The upstream saw the client's Accept-Encoding (the engine does not rewrite it).
+    assert live.upstream.accept_encodings[-1] == f"{name}, identity;q=0.5"
+
+
+def test_live_a_chunked_upstream_body_is_compressed_and_the_connection_kept(live):
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+    for name in ALL:
+        response, data = live.request("GET", "/chunked.txt", headers={"Accept-Encoding": name}, conn=conn)
+        assert response.getheader("Content-Encoding") == name and decode(name, data) == PAGE
+    response, data = live.request("GET", "/page.html", conn=conn)
+    assert response.getheader("Content-Encoding") is None and data == PAGE      # no Accept-Encoding
+    assert response.getheader("Vary") == "Origin, Accept-Encoding" and response.getheader("ETag") == '"v1"'
+    conn.close()
+
+
+@pytest.mark.parametrize("path, kwargs, status, vary", [
+    ("/small.json", {}, 200, "Accept-Encoding"),                        # below the minimum size
+    ("/image.png", {}, 200, None),                                      # not a compressible type
+    ("/nt.txt", {}, 200, None),                                         # Cache-Control: no-transform
+    ("/range.txt", {"Range": "bytes=0-99"}, 206, "Accept-Encoding"),    # a range request
+    ("/page.html", {"method": "HEAD"}, 200, "Origin, Accept-Encoding"),
+    ("/page.html", {"accept": "gzip;q=0, br;q=0, zstd;q=0"}, 200, "Origin, Accept-Encoding"),
+    ("/page.html", {"accept": "gzip;q=7"}, 200, "Origin, Accept-Encoding"),   # malformed: identity
+    ("/raw/page.html", {}, 200, "Origin"),                              # a location turning it off
+    ("/page.html", {"host": "plain.example.test"}, 200, "Origin"),      # a host without compression
+])
+def test_live_responses_left_untouched(live, path, kwargs, status, vary):
+    method = kwargs.pop("method", "GET")
+    response, data = get(live, path, method=method, **kwargs)
+    assert response.status == status
+    assert response.getheader("Content-Encoding") is None
+    assert response.getheader("Vary") == vary
+    if method == "HEAD":
+        assert data == b"" and response.getheader("Content-Length") == str(len(PAGE))
+    else:
+        assert response.getheader("Content-Length") == str(len(data))
+        expected = {"/small.json": SMALL, "/range.txt": PAGE[:100]}.get(path, PAGE)
+        assert data == expected
+
+
+def test_live_already_encoded_and_not_modified_answers_pass_through(live):
+    response, data = get(live, "/pre.txt", accept="br, gzip")
+    assert response.getheader("Content-Encoding") == "gzip" and gzip.decompress(data) == PAGE
+    assert response.getheader("Content-Length") == str(len(data))
+    response, data = get(live, "/etag.txt", If_None_Match='"v1"')
+    assert response.status == 304 and data == b"" and response.getheader("Content-Encoding") is None
+
+
+def test_live_a_location_override_picks_its_own_encodings(live):
+    response, data = get(live, "/api/page.json")
+    assert response.getheader("Content-Encoding") == "gzip" and gzip.decompress(data) == PAGE
+    response, data = get(live, "/api/page.json", accept="br, zstd")
+    assert response.getheader("Content-Encoding") is None and data == PAGE
+
+
+def test_live_an_http10_client_gets_identity_with_vary(live):
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(b"GET /page.html HTTP/1.0\r\nHost: app.example.test\r\nAccept-Encoding: gzip\r\n\r\n")
+        raw = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Content-Encoding" not in head and b"Vary: Origin, Accept-Encoding" in head and body == PAGE
+
+
+def read_chunk(sock, buffer):
+    """One chunk of a chunked body from `sock` (with what was already read in `buffer[0]`)."""
+    while b"\r\n" not in buffer[0]:
+        buffer[0] += sock.recv(65536)
+    size_line, rest = buffer[0].split(b"\r\n", 1)
+    size = int(size_line, 16)
+    while len(rest) < size + 2:
+        rest += sock.recv(65536)
+    buffer[0] = rest[size + 2:]
+    return rest[:size]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_live_an_event_stream_arrives_event_by_event(live, name):
+    """Each event is decodable while the upstream still holds the next one back."""
+    decoder = {"gzip": lambda: zlib.decompressobj(31), "br": brotli.Decompressor,
+               "zstd": lambda: zstandard.ZstdDecompressor().decompressobj()}[name]()
+    feed = decoder.process if name == "br" else decoder.decompress
+    live.upstream.gate = threading.Semaphore(0)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: app.example.test\r\nAccept-Encoding: %s\r\n\r\n" % name.encode())
+        buffer = [b""]
+        while b"\r\n\r\n" not in buffer[0]:
+            buffer[0] += sock.recv(65536)
+        head, buffer[0] = buffer[0].split(b"\r\n\r\n", 1)
+        assert b"Content-Encoding: " + name.encode() in head and b"Transfer-Encoding: chunked" in head
+        for i in range(EVENTS):
+            got = b""
+            while b"\n\n" not in got:
+                chunk = read_chunk(sock, buffer)
+                assert chunk, f"the stream ended before event {i}"
+                got += feed(chunk)
+            assert got == b"id: %d\ndata: %s\n\n" % (i, b"tick " * 20)
+            if i < EVENTS - 1:
+                live.upstream.gate.release()      # only now may the upstream send the next event
+        tail = b""
+        while True:
+            chunk = read_chunk(sock, buffer)
+            if not chunk:
+                break
+            tail += feed(chunk)
+        assert tail == b""
+
+
+def curl_h2(live, path, *args):
+    out = live.tmp / "body"
+    result = subprocess.run(
+        ["curl", "-s", "--http2", "--cacert", str(live.tmp / "ca.pem"), "-o", str(out), "-D", "-",
+         "--resolve", f"app.example.test:{live.https_port}:127.0.0.1", *args,
+         f"https://app.example.test:{live.https_port}{path}"], capture_output=True, text=True, timeout=20)
+    lines = result.stdout.strip().splitlines()
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0] if lines else "", headers, out.read_bytes()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_live_http2_clients_get_compressed_answers(live, name):
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    status, headers, body = curl_h2(live, "/page.html", "-H", f"Accept-Encoding: {name}")
+    assert status.startswith("HTTP/2 200")
+    assert headers["content-encoding"] == name and "content-length" not in headers
+    assert headers["vary"] == "Origin, Accept-Encoding" and headers["etag"] == 'W/"v1"'
+    assert decode(name, body) == PAGE
+    status, headers, body = curl_h2(live, "/chunked.txt", "-H", f"Accept-Encoding: {name}")
+    assert headers["content-encoding"] == name and decode(name, body) == PAGE
+    status, headers, body = curl_h2(live, "/small.json", "-H", f"Accept-Encoding: {name}")
+    assert "content-encoding" not in headers and body == SMALL and headers["content-length"] == str(len(SMALL))
