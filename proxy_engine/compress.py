@@ -217,12 +217,19 @@ class BrotliEncoder(_Encoder):
         return self.raw.finish()
 
 
+_zstd_contexts = []          # finished ZstdCompressors, reused: making a context costs as much as a 16 KiB body
+_ZSTD_KEEP = 16
+
+
 class ZstdEncoder(_Encoder):
-    __slots__ = ()
+    __slots__ = ("context",)
 
     def _new(self):
-        # One compressor (context) per response: a context cannot serve two streams at once.
-        return zstandard.ZstdCompressor(level=LEVELS["zstd"]).compressobj()
+        # A context serves one stream at a time: each response takes its own (a free one
+        # when there is one; the engine's reactor thread is the only user) and gives it
+        # back at the end. A response abandoned midway leaves its context to the GC.
+        self.context = _zstd_contexts.pop() if _zstd_contexts else zstandard.ZstdCompressor(level=LEVELS["zstd"])
+        return self.context.compressobj()
 
     def _compress(self, data):
         return self.raw.compress(data)
@@ -231,7 +238,13 @@ class ZstdEncoder(_Encoder):
         return self.raw.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
     def _finish(self):
-        return self.raw.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        data = self.raw.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        context = self.context
+        if context is not None:
+            self.context = None
+            if len(_zstd_contexts) < _ZSTD_KEEP:
+                _zstd_contexts.append(context)
+        return data
 
 
 ENCODERS = {"gzip": GzipEncoder, "br": BrotliEncoder, "zstd": ZstdEncoder}

@@ -302,6 +302,18 @@ def test_a_flush_makes_everything_fed_so_far_decodable(name):
     feed(enc.finish())
 
 
+def test_zstd_contexts_are_reused_only_after_a_stream_ends():
+    first, second = encoder("zstd"), encoder("zstd")
+    assert first.context is not second.context          # two streams at once never share one
+    context = first.context
+    one = first.compress(b"one " * 500) + first.finish()
+    third = encoder("zstd")
+    assert third.context is context                    # given back at the end, taken again
+    two = second.compress(b"two " * 500) + second.finish()
+    three = third.compress(b"three " * 500) + third.finish()
+    assert [decode("zstd", d) for d in (one, two, three)] == [b"one " * 500, b"two " * 500, b"three " * 500]
+
+
 def test_a_known_length_body_is_not_flushed_before_its_end():
     enc = encoder("gzip", streaming=False)
     first = enc.compress(b"hello " * 10)
