@@ -608,3 +608,70 @@ def test_live_http2_clients_get_compressed_answers(live, name):
     assert headers["content-encoding"] == name and decode(name, body) == PAGE
     status, headers, body = curl_h2(live, "/small.json", "-H", f"Accept-Encoding: {name}")
     assert "content-encoding" not in headers and body == SMALL and headers["content-length"] == str(len(SMALL))
+
+
+# -- the protocols on fake transports: per-read flushing, pooled connections ---------------
+
+def compressing_doc():
+    doc = document()
+    doc["proxy_hosts"][0]["compression"] = ["gzip", "br", "zstd"]
+    return doc
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse_chunks(i):
+    """One upstream read carrying event `i` split over several small chunks."""
+    event = b"id: %d\ndata: %s\n\n" % (i, b"x" * 30)
+    return b"".join(b"%x\r\n%s\r\n" % (len(event[j:j + 8]), event[j:j + 8]) for j in range(0, len(event), 8)), event
+
+
+def test_h2_an_event_stream_is_flushed_per_upstream_read():
+    from tests.engine.test_h2 import setup as h2_setup
+    h, c = h2_setup(compressing_doc())
+    sid = c.request(b"/events", extra=[(b"accept-encoding", b"gzip")])
+    _, up, _ = h.connect_upstream()
+    decoder = zlib.decompressobj(31)
+    head = SSE_HEAD
+    for i in range(3):
+        wire, event = sse_chunks(i)
+        up.dataReceived(head + wire)
+        head = b""
+        c.pump()
+        answer = c.answers[sid]
+        assert answer.header(b"content-encoding") == b"gzip" and answer.header(b"content-length") is None
+        assert decoder.decompress(answer.data) == event and not answer.ended
+        answer.data = b""
+    up.dataReceived(b"0\r\n\r\n")
+    c.pump()
+    assert c.answers[sid].ended and decoder.decompress(c.answers[sid].data) == b"" and decoder.eof
+
+
+def test_http1_one_flush_per_upstream_read_and_the_connection_goes_back_to_the_pool():
+    from tests.engine.support import Harness
+    h = Harness(compressing_doc())
+    proto, transport = h.client()
+    proto.dataReceived(b"GET /events HTTP/1.1\r\nHost: app.example.test\r\nAccept-Encoding: br\r\n\r\n")
+    _, up, _ = h.connect_upstream()
+    decoder = brotli.Decompressor()
+    head = SSE_HEAD
+    for i in range(3):
+        wire, event = sse_chunks(i)
+        up.dataReceived(head + wire)
+        out = transport.value()
+        transport.clear()
+        if head:
+            response_head, out = out.split(b"\r\n\r\n", 1)
+            assert b"Content-Encoding: br" in response_head and b"Transfer-Encoding: chunked" in response_head
+            head = b""
+        size, _, rest = out.partition(b"\r\n")
+        assert len(rest) == int(size, 16) + 2     # the whole read left as one compressed chunk
+        assert decoder.process(rest[:-2]) == event
+    up.dataReceived(b"0\r\n\r\n")
+    out = transport.value()
+    assert out.endswith(b"0\r\n\r\n") and decoder.is_finished() is False
+    size, _, rest = out.partition(b"\r\n")
+    decoder.process(rest[:int(size, 16)])
+    assert decoder.is_finished()
+    assert len(h.factory.pool.idle[("http", "10.0.1.10", 3000)]) == 1        # reusable after the body
