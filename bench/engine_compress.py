@@ -103,15 +103,38 @@ def encoder_table(body, seconds=1.0):
     return rows
 
 
-def wrk(port, host, duration, connections, path, accept=None):
+def tree_cpu(pid):
+    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
+    total = 0.0
+    stack = [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{current}/task/{current}/children") as handle:
+                stack += [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def wrk(port, host, duration, connections, path, accept=None, pid=None):
+    """(requests/s, CPU microseconds per request of `pid`'s process tree or None)."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {host}"]
     if accept:
         command += ["-H", f"Accept-Encoding: {accept}"]
+    before = tree_cpu(pid) if pid else 0.0
     out = subprocess.run(command + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
                          check=True).stdout
+    used = tree_cpu(pid) - before if pid else None
     if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         raise SystemExit(f"non-2xx answers on port {port}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return rate, (used * 1e6 / requests if used is not None and requests else None)
 
 
 def fetch(port, host, path, accept=None):
@@ -170,31 +193,37 @@ def main():
             wait_port(gzip_port)
             encoding, data = fetch(gzip_port, "app.example.test", "/page.txt", "gzip")
             assert encoding == "gzip" and gzip.decompress(data) == body
+            engine_pid, nginx_pid = rig.engine.pid, nginx_gzip.pid
             systems = {
-                "engine plain route": (port, "plain.example.test", "gzip, br, zstd"),
-                "engine compress route, no Accept-Encoding": (port, "app.example.test", None),
-                "engine compress route, gzip": (port, "app.example.test", "gzip"),
-                "engine compress route, br": (port, "app.example.test", "br"),
-                "engine compress route, zstd": (port, "app.example.test", "zstd"),
-                "nginx proxy, no Accept-Encoding": (gzip_port, "app.example.test", None),
-                "nginx proxy gzip 5": (gzip_port, "app.example.test", "gzip"),
+                "engine plain route": (port, "plain.example.test", "gzip, br, zstd", engine_pid),
+                "engine compress route, no Accept-Encoding": (port, "app.example.test", None, engine_pid),
+                "engine compress route, gzip": (port, "app.example.test", "gzip", engine_pid),
+                "engine compress route, br": (port, "app.example.test", "br", engine_pid),
+                "engine compress route, zstd": (port, "app.example.test", "zstd", engine_pid),
+                "nginx proxy, no Accept-Encoding": (gzip_port, "app.example.test", None, nginx_pid),
+                "nginx proxy gzip 5": (gzip_port, "app.example.test", "gzip", nginx_pid),
             }
-            for target in systems.values():
-                wrk(*target[:2], 1, args.connections, "/page.txt", target[2])       # warm up
+            for p, host, accept, _ in systems.values():
+                wrk(p, host, 1, args.connections, "/page.txt", accept)       # warm up
             results = {name: [] for name in systems}
             for _ in range(args.rounds):
-                for name, (p, host, accept) in systems.items():
-                    results[name].append(wrk(p, host, args.duration, args.connections, "/page.txt", accept))
+                for name, (p, host, accept, pid) in systems.items():
+                    results[name].append(wrk(p, host, args.duration, args.connections, "/page.txt", accept, pid))
         finally:
             nginx_gzip.terminate()
             nginx_gzip.wait()
         print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {len(body):,}-byte text/plain body, "
-              f"{args.rounds} rounds alternating (median req/s; per round)")
-        base = statistics.median(results["engine plain route"])
+              f"{args.rounds} rounds alternating; medians, then per round. CPU = user+system time of the "
+              f"proxy's processes per request (steadier than req/s on shared cores)")
+        base = statistics.median(r for r, _ in results["engine plain route"])
+        base_cpu = statistics.median(c for _, c in results["engine plain route"])
         for name, values in results.items():
-            median = statistics.median(values)
-            ratio = f"  x{median / base:.2f} of the plain route" if name.startswith("engine") else ""
-            print(f"{name:44s}{median:9,.0f}{ratio}   ({', '.join(f'{v:,.0f}' for v in values)})")
+            rate = statistics.median(r for r, _ in values)
+            cpu = statistics.median(c for _, c in values)
+            ratio = (f" x{rate / base:.2f} req/s, +{cpu - base_cpu:,.0f} us CPU vs plain route"
+                     if name.startswith("engine") and name != "engine plain route" else "")
+            print(f"{name:44s}{rate:8,.0f} req/s {cpu:6,.0f} us CPU/req{ratio}   "
+                  f"({', '.join(f'{r:,.0f}' for r, _ in values)})")
 
 
 if __name__ == "__main__":

@@ -318,7 +318,9 @@ class H2Stream:
         encoder = self.encoder
         if encoder is not None:
             self.encoder = None
-            self._queue_encoded(encoder.finish())
+            data = encoder.finish()
+            if data:
+                self._queue_encoded(data)
         self._detach(abort=False)
         if reusable and self.complete and conn.state is not UPSTREAM_CLOSED:
             self.proto.pool.release(conn)

@@ -607,8 +607,9 @@ class ProxyProtocol(Protocol):
         if encoder is not None:
             request.encoder = None
             data = encoder.finish()
-            request.bytes_out += len(data)
-            self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            if data:                     # (an empty chunk would end the body early)
+                request.bytes_out += len(data)
+                self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         if request.chunk_out:
             self._write(LAST_CHUNK)
         self._detach_upstream(request, abort=False)
