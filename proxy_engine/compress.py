@@ -353,7 +353,7 @@ class RouteCompression:
         `request_headers` are the request's (lower_name, name, value) triples; `headers`
         the upstream response's; `chunked_ok` whether the client takes a body of unknown
         length (HTTP/1.1, HTTP/2)."""
-        enabled = self.for_path(request_path(target))
+        enabled = self.for_path(request_path(target)) if self.locations else self.host
         if enabled is None or status < 200 or status == 204:
             return headers, None
         content_type = None
