@@ -1,7 +1,9 @@
 """Response compression (proxy_engine.compress): negotiation, types, header edits, the
 streaming encoders, snapshot parsing and route building; then through a real engine
 process with real upstreams (HTTP/1.1 and HTTP/2)."""
+import base64
 import gzip
+import hashlib
 import http.client
 import os
 import shutil
@@ -9,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -396,6 +399,19 @@ class ContentUpstream(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
             return
+        if path == "/big.txt":                       # 10 MiB of base64 text: compresses to ~3/4
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            digest = hashlib.sha256()
+            for _ in range(160):
+                piece = base64.b64encode(os.urandom(48 * 1024))
+                digest.update(piece)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            self.server.big_digest = digest.hexdigest()
+            return
         if path == "/small.json":
             return self._answer(200, SMALL, "application/json", head=head)
         if path == "/pre.txt":
@@ -535,6 +551,42 @@ def test_live_an_http10_client_gets_identity_with_vary(live):
             raw += data
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"Content-Encoding" not in head and b"Vary: Origin, Accept-Encoding" in head and body == PAGE
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+def test_live_a_10_mib_body_streams_through_in_bounded_memory(live):
+    """While the client does not read, the engine holds no more than an encoder's worth of
+    the body (an encoder that kept its input until the end grows by ~7 MiB here); then the
+    whole body arrives and decompresses to what was sent."""
+    pid = live.proc.pid
+    before = rss_kib(pid)
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    conn.request("GET", "/big.txt", headers={"Host": "app.example.test", "Accept-Encoding": "gzip"})
+    response = conn.getresponse()
+    assert response.getheader("Content-Encoding") == "gzip"
+    time.sleep(1.0)                               # not reading: socket buffers fill, the engine must wait
+    stalled = rss_kib(pid)
+    decoder = zlib.decompressobj(31)
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        data = response.read(65536)
+        if not data:
+            break
+        plain = decoder.decompress(data)
+        digest.update(plain)
+        size += len(plain)
+    conn.close()
+    assert decoder.eof and size == 160 * 64 * 1024
+    assert digest.hexdigest() == live.upstream.big_digest
+    assert stalled - before < 5 * 1024, (before, stalled)
+    assert rss_kib(pid) - before < 10 * 1024
 
 
 def read_chunk(sock, buffer):
