@@ -290,7 +290,8 @@ class H2Stream:
         rules = self.rules and self.rules.response
         upstream_headers, length = conn.headers, conn.content_length
         compression = self.route.compression
-        if compression is not None:      # response compression (proxy_engine.compress)
+        if compression is not None:      # response compression (proxy_engine.compress); a cache
+            # store must keep conn.headers (the identity representation), not these edits
             upstream_headers, self.encoder = compression.response(
                 self.target, self.headers, self.is_head, status, upstream_headers, length, True)
             if self.encoder is not None:
@@ -303,7 +304,7 @@ class H2Stream:
         self.proto.h2.send_headers(self.stream_id, headers)
 
     def upstream_body(self, data):
-        if self.encoder is not None:
+        if self.encoder is not None:     # (a cache tap must see `data` before this: identity bytes)
             data = self.encoder.compress(data)
             if not data:
                 return                   # buffered by the encoder; out at the flush (uncork) or the end

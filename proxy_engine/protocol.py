@@ -595,7 +595,8 @@ class ProxyProtocol(Protocol):
         request.status = status
         headers, length = conn.headers, conn.content_length
         compression = request.route.compression
-        if compression is not None:      # response compression (proxy_engine.compress)
+        if compression is not None:      # response compression (proxy_engine.compress); a cache
+            # store must keep conn.headers (the identity representation), not these edits
             headers, request.encoder = compression.response(
                 request.target, request.headers, request.is_head, status, headers, length, request.version == b"1.1")
             if request.encoder is not None:
@@ -636,7 +637,7 @@ class ProxyProtocol(Protocol):
 
     def upstream_body(self, data):
         request = self.active
-        if request.encoder is not None:
+        if request.encoder is not None:  # (a cache tap must see `data` before this: identity bytes)
             data = request.encoder.compress(data)
             if not data:
                 return                   # buffered by the encoder; out at the flush (uncork) or the end
