@@ -4,7 +4,8 @@ Built once per snapshot: `build_route_compression(host)` gives a `RouteCompressi
 host's enabled encodings and each location's override: a location's `compression` that is
 not None replaces the host's list for its path, `[]` turns it off there) or None when no
 path of the host compresses, so a host without compression pays one attribute check per
-response (`route.compression is not None`) and nothing else.
+response (`route.compression is not None` in `upstream_head`) and, per body piece and per
+upstream read, the check that its request has no encoder.
 
 Per response (`RouteCompression.response(...)`, called from the protocols' `upstream_head`,
 HTTP/1.1 and HTTP/2 alike, and so also for answers the cache serves through that path):
