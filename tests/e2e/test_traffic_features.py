@@ -15,6 +15,7 @@ whole module, and is emptied when the module is done. The few in-process ORM cal
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -115,21 +116,48 @@ class AuthService(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class Server(ThreadingHTTPServer):
+    """Keeps its open connections, so that `kill` can cut kept-alive ones too (a killed
+    upstream must not go on answering on the engine's pooled connections)."""
+
+    daemon_threads = True
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self.lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)     # health probes hang up early
+
+
 def serve(handler, name, port=0):
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", port), handler)
     server.name = name
     server.lock = threading.Lock()
-    server.seen, server.probes = [], []
+    server.seen, server.probes, server.connections = [], [], set()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
 def kill(server):
-    """Stop a server and close its listening socket: connections to its port are refused."""
+    """Stop a server, close its listening socket (connections to its port are refused) and
+    cut its open connections."""
     if not getattr(server, "killed", False):
         server.shutdown()
         server.server_close()
+        with server.lock:
+            for sock in list(server.connections):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         server.killed = True
 
 
@@ -318,3 +346,22 @@ def test_forward_auth_asks_the_auth_service_and_passes_its_user_on(world):
     assert entry["headers"].get_all("Remote-User") == ["alice"]
     assert entry["headers"].get_all("Remote-Groups") == ["admins,family"]
     assert len(seen(upstream)[before_up:]) == 2 and len(seen(authelia)[before_auth:]) == 4
+
+
+# -- compression --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding, decode", [("br", brotli.decompress), ("gzip", gzip.decompress),
+                                              ("zstd", lambda data: zstandard.ZstdDecompressor().decompressobj().decompress(data))])
+def test_compression_encodes_what_the_client_accepts(world, encoding, decode):
+    upstream = world["servers"]["compress"]
+    before = len(seen(upstream))
+    response, body = get(world, "compress", f"/text/{encoding}", headers={"Accept-Encoding": encoding})
+    assert response.status == 200 and response.getheader("Content-Encoding") == encoding
+    assert "accept-encoding" in response.getheader("Vary").lower()
+    assert len(body) < len(TEXT) // 4 and decode(body) == TEXT
+    (entry,) = seen(upstream)[before:]
+    assert entry["path"] == f"/text/{encoding}"
+
+    plain, plain_body = get(world, "compress", "/text/plain")
+    assert plain.getheader("Content-Encoding") is None and plain_body == TEXT
+    assert len(seen(upstream)[before:]) == 2
