@@ -45,7 +45,8 @@ TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i 
 
 class Recording(BaseHTTPRequestHandler):
     """An upstream that records each request (method, path, headers with repeats) and
-    answers by path: /health (the active check), /cached (cacheable for 5 minutes), /text
+    answers by path: /health (the active check), /cached... (cacheable for 5 minutes, with the
+    number of requests for that path so far), /text
     (a large text body), anything else JSON naming the server. It announces itself with
     Server and X-Powered-By, which hide_upstream_identity must drop."""
 
@@ -80,7 +81,7 @@ class Recording(BaseHTTPRequestHandler):
             self._send(200, b"ok", "text/plain")
         elif self.path.startswith("/cached"):
             with self.server.lock:
-                serial = len([e for e in self.server.seen if e["path"].startswith("/cached")])
+                serial = len([e for e in self.server.seen if e["path"] == self.path])
             self._send(200, json.dumps({"server": self.server.name, "serial": serial}).encode(),
                        extra=[("Cache-Control", "public, max-age=300")])
         elif self.path.startswith("/text"):
