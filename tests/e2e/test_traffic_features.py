@@ -208,7 +208,7 @@ proxy_hosts:
     upstreams: ["{url(s['lb_a'])}", "{url(s['lb_b'])}"]
     load_balancing:
       policy: round_robin
-      health_check: {{path: /health, interval: 500ms, timeout: 500ms, expect: 200, healthy: 1, unhealthy: 2}}
+      health_check: {{path: /health, interval: 1s, timeout: 1s, expect: 200, healthy: 1, unhealthy: 2}}
   - domains: [cache.example.test]
     upstreams: ["{url(s['cache'])}"]
     cache: {{enabled: true, default_ttl: 1m}}
