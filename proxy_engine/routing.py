@@ -28,7 +28,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access")
+                 "header_rules", "access", "cache")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None):
@@ -47,6 +47,7 @@ class ProxyRoute:
         # None without any header rule (nothing per request), else `RouteHeaderRules`.
         self.header_rules = build_route_rules(host)
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
+        self.cache = None        # `cache.CachePolicy` when the host caches, set by `ResponseCache.swap`
         self.group = UpstreamGroup(host.upstreams)
         locations = []
         for loc in host.locations:
