@@ -690,11 +690,19 @@ class CachePolicy:
                 return options
         return self.default
 
-    def begin(self, exchange, request, path, resume):
+    def begin(self, exchange, request, resume):
         """The cache's part of `_dispatch`: True when the request goes upstream now (through
         `request.cache`, the tap, when set), False when it was answered or waits (then
         `resume(request)` is called later on the reactor thread)."""
-        options = self.options_for(path)
+        options = self.default
+        if self.locations:
+            path = request.target
+            if path[:1] != b"/":             # absolute form: the path after the authority
+                rest = path.split(b"://", 1)[-1]
+                slash = rest.find(b"/")
+                path = rest[slash:] if slash >= 0 else b"/"
+            query = path.find(b"?")
+            options = self.options_for(path if query < 0 else path[:query])
         if options is None:
             return True
         tap = request.cache = CacheTap(self, options, exchange, request, resume)
@@ -771,7 +779,7 @@ class CacheTap:
         if entry is not None:
             now = cache.reactor.seconds()
             age = entry.age(now)
-            fresh = age < entry.lifetime and not self.no_cache and (self.max_age is None or age <= self.max_age)
+            fresh = age < entry.lifetime and not self.no_cache and self._young_enough(age)
             usable_stale = entry.etag is not None or entry.last_modified is not None or (
                 not entry.no_stale and entry.stale_if_error > 0)
             if fresh or usable_stale:
@@ -782,6 +790,11 @@ class CacheTap:
                     return False
                 return self._decide(entry, body, now, fresh, collapse)
         return self._miss(collapse)
+
+    def _young_enough(self, age):
+        """The request's max-age (0, as browsers send on reload, always revalidates)."""
+        max_age = self.max_age
+        return max_age is None or (max_age > 0 and age <= max_age)
 
     def _primary(self):
         request = self.request
@@ -797,7 +810,7 @@ class CacheTap:
         self.state = LOOKUP
         now = self.cache.reactor.seconds()
         age = entry.age(now)
-        fresh = age < entry.lifetime and not self.no_cache and (self.max_age is None or age <= self.max_age)
+        fresh = age < entry.lifetime and not self.no_cache and self._young_enough(age)
         self._continue(lambda: self._decide(entry, body, now, fresh, collapse))
 
     def _load_failed(self, failure):
