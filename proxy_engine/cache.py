@@ -89,6 +89,9 @@ _NOT_STORED = frozenset((
 _NOT_MODIFIED_KEEP = frozenset((b"etag", b"cache-control", b"expires", b"date", b"vary", b"content-location",
                                 b"last-modified"))
 _CONDITIONAL = frozenset((b"if-none-match", b"if-modified-since"))
+# Request headers that take a request off the fast path of a plain fresh hit.
+_SLOW = frozenset((b"cache-control", b"pragma", b"authorization", b"range", b"if-none-match", b"if-modified-since"))
+_HIT_LINE = (b"x-cache-status", b"X-Cache-Status", HIT)
 
 
 # -- pure helpers ---------------------------------------------------------------------------
@@ -307,7 +310,8 @@ class CachedResponse:
 
 
 class Entry:
-    __slots__ = ("key", "host_id", "generation", "status", "reason", "headers", "body", "length", "size",
+    __slots__ = ("key", "host_id", "generation", "status", "reason", "headers", "hit_headers", "body", "length",
+                 "size",
                  "response_time", "corrected_age", "lifetime", "no_stale", "stale_if_error", "auth_ok",
                  "etag", "last_modified", "vary", "path", "writing", "doomed", "tier")
 
@@ -317,7 +321,7 @@ class Entry:
         self.generation = generation
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.set_headers(headers)
         self.body = body
         self.length = len(body)
         self.size = len(body) + sum(len(n) + len(v) for _, n, v in headers) + ENTRY_OVERHEAD
@@ -327,6 +331,10 @@ class Entry:
         self.doomed = False
         self.tier = None                 # "memory" | "disk" | None (not in the cache)
         self.refresh(f, response_time)
+
+    def set_headers(self, headers):
+        self.headers = headers
+        self.hit_headers = headers + [_HIT_LINE]
 
     def refresh(self, f, response_time):
         self.response_time = response_time
@@ -344,6 +352,8 @@ class Entry:
 
     def response(self, label, now, not_modified=False):
         age = b"%d" % max(0, int(self.age(now)))
+        if label is HIT and not not_modified:
+            return CachedResponse(self.status, self.reason, self.hit_headers + [(b"age", b"Age", age)], self.length)
         extra = [(b"age", b"Age", age), (b"x-cache-status", b"X-Cache-Status", label)]
         if not_modified:
             return CachedResponse(304, b"Not Modified",
@@ -705,8 +715,41 @@ class CachePolicy:
             options = self.options_for(path if query < 0 else path[:query])
         if options is None:
             return True
+        method = request.method
+        if method == b"GET" or method == b"HEAD":
+            # Fast path: a plain request (no cache directives, credentials, ranges or
+            # conditionals) for a fresh entry in memory is answered without a tap.
+            headers = request.headers
+            for lname, _, _ in headers:
+                if lname in _SLOW:
+                    break
+            else:
+                cache = self.cache
+                host = request.host
+                entry = cache.find((self.host_id, self.generation, self.scheme, host.lower() if host else b"",
+                                    request.target), headers)
+                if entry is not None and entry.body is not None:
+                    now = cache.reactor.seconds()
+                    if entry.age(now) < entry.lifetime:
+                        replay(exchange, request, entry.response(HIT, now), entry.body, True)
+                        return False
         tap = request.cache = CacheTap(self, options, exchange, request, resume)
         return tap.start(True)
+
+
+def replay(exchange, request, response, body, finish):
+    """Play a `CachedResponse` into an exchange as if an upstream answered: head, body, done."""
+    if request.conn is None:
+        request.conn = response          # so the exchange's detach unpairs what pairing did
+    exchange.cork()
+    try:
+        exchange.upstream_head(response)
+        if body and response.status != 304 and not request.is_head:
+            exchange.upstream_body(body)
+        if finish:
+            exchange.upstream_done(response, False)
+    finally:
+        exchange.uncork()
 
 
 class CacheTap:
@@ -884,23 +927,10 @@ class CacheTap:
 
     def _serve(self, entry, body, label, now, not_modified, finish):
         """Replay `entry` into the exchange as its response."""
-        exchange = self.exchange
-        request = self.request
         self.label = label
-        response = self.response = entry.response(label, now, not_modified)
-        if request.conn is None:
-            request.conn = response      # so the exchange's detach unpairs what pairing did
         if finish:
             self.state = SERVED
-        exchange.cork()
-        try:
-            exchange.upstream_head(response)
-            if body and not not_modified and not request.is_head:
-                exchange.upstream_body(body)
-            if finish:
-                exchange.upstream_done(response, False)
-        finally:
-            exchange.uncork()
+        replay(self.exchange, self.request, entry.response(label, now, not_modified), body, finish)
 
     def _release(self, stored):
         if self.lock is not None:
@@ -937,7 +967,7 @@ class CacheTap:
                 f = freshness(entry.status, _merge(entry.headers, conn.headers), self.request_time, now,
                               self.options.default_ttl, self.options.stale_if_error, self.authorized)
                 if f.storable or f.lifetime > 0 or f.etag is not None:
-                    entry.headers = _merge(entry.headers, _stored_headers(conn.headers))
+                    entry.set_headers(_merge(entry.headers, _stored_headers(conn.headers)))
                     entry.refresh(f, now)
                     self.cache.touch(entry)
                 self.storing = False
