@@ -61,7 +61,6 @@ response a cache-enabled location relays or serves (not to the engine's own erro
 hits carry `Age`. A purge is a higher `cache_generation` for the host: the swap drops the
 host's entries of older generations (and those of hosts no longer cached).
 """
-import calendar
 import email.utils
 import itertools
 import logging
@@ -713,8 +712,8 @@ class CachePolicy:
                 path = rest[slash:] if slash >= 0 else b"/"
             query = path.find(b"?")
             options = self.options_for(path if query < 0 else path[:query])
-        if options is None:
-            return True
+        if options is None or getattr(request, "upgrade", None) is not None:
+            return True                  # off here; an Upgrade (WebSocket) is relayed raw, never cached
         method = request.method
         if method == b"GET" or method == b"HEAD":
             # Fast path: a plain request (no cache directives, credentials, ranges or
@@ -789,7 +788,9 @@ class CacheTap:
         request = self.request
         method = request.method
         cache = self.cache
-        policy = self.policy
+        request.headers = self.headers   # a follower looking up again starts from the client's request
+        self.entry = self.body = None
+        self.label = MISS
         if method != b"GET" and method != b"HEAD":
             if method in _UNSAFE:
                 cache.invalidate(self._primary())
@@ -1029,12 +1030,16 @@ class CacheTap:
         self.exchange.upstream_done(conn, reusable)
 
     def upstream_failed(self, conn, failure):
-        entry = self.entry
-        if (entry is not None and not self.swallow and not (conn.reused and not conn.got_bytes)
-                and self._stale_ok(entry, self.cache.reactor.seconds()) and not _responded(self.request)):
-            self.connect_failed(failure)
-            return
-        if not (conn.reused and not conn.got_bytes):
+        request = self.request
+        # The exchange retries a pooled connection that the upstream had closed (same test).
+        retry = (conn.reused and not conn.got_bytes and not request.retried and not request.responded
+                 and request.body_bytes == 0 and request.complete)
+        if not retry:
+            entry = self.entry
+            if (entry is not None and not self.swallow and not request.responded
+                    and self._stale_ok(entry, self.cache.reactor.seconds())):
+                self.connect_failed(failure)
+                return
             self.storing = False
             self.parts = None
             self._release(False)
@@ -1064,10 +1069,6 @@ class CacheTap:
     def _stale_ok(self, entry, now):
         return not entry.no_stale and entry.stale_if_error > 0 and (
             entry.age(now) - entry.lifetime) <= entry.stale_if_error
-
-
-def _responded(request):
-    return request.responded
 
 
 def _merge(stored, fresh):

@@ -572,3 +572,30 @@ def test_disk_tier_stores_responses_too_big_for_memory(tmp_path):
     assert not hs.factory.cache.memory and len(hs.factory.cache.disk) == 1
     _, client = ask(hs, get(b"/big"))
     assert header(client.value(), b"X-Cache-Status") == b"HIT" and client.value().endswith(big)
+
+
+def test_http1_websocket_upgrade_on_a_cached_host_is_relayed_untouched():
+    hs = harness()
+    proto, client = hs.client()
+    proto.dataReceived(b"GET /ws HTTP/1.1\r\nHost: app.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    _, up, ut = hs.connect_upstream()
+    up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nsrv")
+    proto.dataReceived(b"cli")
+    assert client.value().endswith(b"srv") and b"X-Cache-Status" not in client.value()
+    assert ut.value().endswith(b"cli")
+
+
+def test_http1_a_follower_behind_an_unstorable_revalidation_sends_only_its_own_headers():
+    hs = harness()
+    ask(hs, get())
+    answer_upstream(hs, response(headers=b'Cache-Control: max-age=10\r\nETag: "v1"\r\n'))
+    hs.reactor.advance(11)
+    _, leader = ask(hs, get())
+    _, follower = ask(hs, get(extra=b"Cache-Control: no-store\r\n"))    # not eligible: straight upstream
+    _, waiting = ask(hs, get())
+    assert len(hs.reactor.tcpClients) == 3
+    sent = answer_upstream(hs, response(b"v2", b"Cache-Control: no-store\r\n"), index=1)
+    assert b'If-None-Match: "v1"' in sent and leader.value().endswith(b"v2")
+    assert header(follower.value(), b"X-Cache-Status") is None          # still waiting for its upstream
+    sent = answer_upstream(hs, response(b"v3", b"Cache-Control: no-store\r\n"), index=3)
+    assert b'If-None-Match: "v1"' in sent and header(waiting.value(), b"X-Cache-Status") == b"EXPIRED"

@@ -1,6 +1,5 @@
 """Response caching end to end: a real engine process (`python -m proxy_engine`) in front of a
 real upstream that counts the requests it answers, on 127.0.0.1."""
-import http.client
 import json
 import shutil
 import subprocess
