@@ -19,6 +19,8 @@ from the round-robin cursors inside each group.
 """
 from proxy_engine.access import AccessPolicy
 from proxy_engine.balancer import UpstreamGroup
+from proxy_engine.cors import build_cors
+from proxy_engine.forwardauth import ForwardAuth
 from proxy_engine.headerrules import build_route_rules
 from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
 
@@ -28,7 +30,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access", "cache")
+                 "header_rules", "access", "cors", "forward_auth", "cache")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None):
@@ -47,6 +49,8 @@ class ProxyRoute:
         # None without any header rule (nothing per request), else `RouteHeaderRules`.
         self.header_rules = build_route_rules(host)
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
+        self.cors = build_cors(host.cors)          # `cors.CorsPolicy`, or None
+        self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
         self.cache = None        # `cache.CachePolicy` when the host caches, set by `ResponseCache.swap`
         self.group = UpstreamGroup(host.upstreams)
         locations = []
