@@ -729,6 +729,8 @@ class ProxyProtocol(Protocol):
             return
         if request is self.active:
             self._detach_upstream(request, abort=True)
+            if request.cache is not None:
+                request.cache.abandon()      # a collapsed miss it led: its followers go on
         request.keep_alive = False
         self.queue = None
         self._respond(request, status, None, cause=CLIENT_ERRORS.get(status, "The request was refused."), close=True,

@@ -599,3 +599,28 @@ def test_http1_a_follower_behind_an_unstorable_revalidation_sends_only_its_own_h
     assert header(follower.value(), b"X-Cache-Status") is None          # still waiting for its upstream
     sent = answer_upstream(hs, response(b"v3", b"Cache-Control: no-store\r\n"), index=3)
     assert b'If-None-Match: "v1"' in sent and header(waiting.value(), b"X-Cache-Status") == b"EXPIRED"
+
+
+def test_http1_hits_go_through_the_response_header_rules_like_upstream_answers():
+    doc = snapshot_doc()
+    doc["proxy_hosts"][0]["headers"] = {"response": {"set": {"X-Env": "home"}, "remove": ["Server"]}}
+    hs = harness(doc)
+    ask(hs, get())
+    answer_upstream(hs, response(headers=b"Cache-Control: max-age=60\r\nServer: upstream/1.0\r\n"))
+    _, client = ask(hs, get())
+    raw = client.value()
+    assert header(raw, b"X-Cache-Status") == b"HIT" and header(raw, b"X-Env") == b"home"
+    assert header(raw, b"Server") is None and header(raw, b"X-Request-Id") == b"t-2"
+
+
+def test_http1_expires_and_age_from_the_upstream_set_the_entry_lifetime():
+    hs = harness()
+    ask(hs, get())
+    date = format_http_date(T0 - 5)
+    answer_upstream(hs, response(headers=b"Date: " + date + b"\r\nExpires: " + format_http_date(T0 + 25) + b"\r\n"))
+    hs.reactor.advance(10)
+    _, client = ask(hs, get())
+    assert header(client.value(), b"X-Cache-Status") == b"HIT" and header(client.value(), b"Age") == b"15"
+    hs.reactor.advance(16)                           # 31 s old, 30 s of freshness
+    _, client = ask(hs, get())
+    assert len(hs.reactor.tcpClients) == 2
