@@ -624,3 +624,31 @@ def test_http1_expires_and_age_from_the_upstream_set_the_entry_lifetime():
     hs.reactor.advance(16)                           # 31 s old, 30 s of freshness
     _, client = ask(hs, get())
     assert len(hs.reactor.tcpClients) == 2
+
+
+def test_h2_stale_on_connect_failure_and_revalidation_with_304():
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.python.failure import Failure
+
+    hs = harness(snapshot_doc(stale=60.0))
+    c = H2Client(hs)
+    c.request(b"/page")
+    answer_upstream(hs, response(headers=b'Cache-Control: max-age=10\r\nETag: "v1"\r\n'))
+    c.pump()
+    hs.reactor.advance(15)       # (under the connection's 20 s idle timeout)
+    stale = c.request(b"/page")
+    _, _, attempt, _, _ = hs.reactor.tcpClients[-1]
+    attempt.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    c.pump()
+    assert dict(c.answers[stale].headers)[b"x-cache-status"] == b"STALE" and c.answers[stale].data == b"hello"
+    assert c.answers[stale].ended
+    again = c.request(b"/page")
+    sent = answer_upstream(hs, b'HTTP/1.1 304 Not Modified\r\nConnection: close\r\nETag: "v1"\r\n'
+                               b"Cache-Control: max-age=100\r\n\r\n")
+    c.pump()
+    assert b'If-None-Match: "v1"' in sent
+    headers = dict(c.answers[again].headers)
+    assert headers[b"x-cache-status"] == b"REVALIDATED" and headers[b":status"] == b"200"
+    assert c.answers[again].data == b"hello" and c.answers[again].ended
+    hit = c.request(b"/page")
+    assert dict(c.answers[hit].headers)[b"x-cache-status"] == b"HIT"
