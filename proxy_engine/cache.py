@@ -75,7 +75,10 @@ LOOKUP, WAIT, SERVED, FORWARD, DONE = "lookup", "wait", "served", "forward", "do
 
 MEMORY_BYTES = 64 << 20
 LOCK_TIMEOUT = 5.0
-ENTRY_OVERHEAD = 256                 # bytes counted per entry besides its body and headers
+# Bytes counted per entry besides its body, and per stored header besides its name and value:
+# roughly what CPython spends on the entry, its key, the LRU node and each header tuple.
+ENTRY_OVERHEAD = 640
+HEADER_OVERHEAD = 160
 HEURISTIC = frozenset((200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501))
 STALE_ON = frozenset((500, 502, 503, 504))
 _UNSAFE = frozenset((b"POST", b"PUT", b"DELETE", b"PATCH"))
@@ -323,7 +326,8 @@ class Entry:
         self.set_headers(headers)
         self.body = body
         self.length = len(body)
-        self.size = len(body) + sum(len(n) + len(v) for _, n, v in headers) + ENTRY_OVERHEAD
+        self.size = (len(body) + len(key[0][4]) + ENTRY_OVERHEAD
+                     + sum(len(n) + len(v) + HEADER_OVERHEAD for _, n, v in headers))
         self.response_time = response_time
         self.path = None                 # the file holding the body (disk tier)
         self.writing = False
