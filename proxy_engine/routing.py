@@ -19,6 +19,7 @@ from the round-robin cursors inside each group.
 """
 from proxy_engine.access import AccessPolicy
 from proxy_engine.balancer import UpstreamGroup
+from proxy_engine.compress import build_route_compression
 from proxy_engine.cors import build_cors
 from proxy_engine.forwardauth import ForwardAuth
 from proxy_engine.headerrules import build_route_rules
@@ -30,7 +31,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access", "cors", "forward_auth", "cache")
+                 "header_rules", "access", "cors", "forward_auth", "compression", "cache")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None):
@@ -51,6 +52,8 @@ class ProxyRoute:
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
         self.cors = build_cors(host.cors)          # `cors.CorsPolicy`, or None
         self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
+        # None when no path of the host compresses, else `compress.RouteCompression`.
+        self.compression = build_route_compression(host)
         self.cache = None        # `cache.CachePolicy` when the host caches, set by `ResponseCache.swap`
         self.group = UpstreamGroup(host.upstreams)
         locations = []

@@ -652,3 +652,34 @@ def test_h2_stale_on_connect_failure_and_revalidation_with_304():
     assert c.answers[again].data == b"hello" and c.answers[again].ended
     hit = c.request(b"/page")
     assert dict(c.answers[hit].headers)[b"x-cache-status"] == b"HIT"
+
+
+def test_http1_hits_are_compressed_per_client_and_stored_as_identity():
+    import gzip
+
+    doc = snapshot_doc()
+    doc["proxy_hosts"][0]["compression"] = ["gzip"]
+    hs = harness(doc)
+    text = b"line of text for the cache and the encoder\n" * 100
+    _, client = ask(hs, get(extra=b"Accept-Encoding: gzip\r\n"))
+    answer_upstream(hs, response(text, b"Cache-Control: max-age=60\r\nContent-Type: text/plain\r\n"))
+    assert header(client.value(), b"Content-Encoding") == b"gzip"
+    (entry,) = hs.factory.cache.memory.values()
+    assert entry.body == text and all(n != b"content-encoding" for n, _, _ in entry.headers)
+    _, client = ask(hs, get(extra=b"Accept-Encoding: gzip\r\n"))
+    raw = client.value()
+    assert header(raw, b"X-Cache-Status") == b"HIT" and header(raw, b"Content-Encoding") == b"gzip"
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    chunks, rest = [], body
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        if int(size, 16) == 0:
+            break
+        chunks.append(rest[:int(size, 16)])
+        rest = rest[int(size, 16) + 2:]
+    assert gzip.decompress(b"".join(chunks)) == text
+    _, client = ask(hs, get())
+    raw = client.value()
+    assert header(raw, b"X-Cache-Status") == b"HIT" and header(raw, b"Content-Encoding") is None
+    assert raw.endswith(text) and header(raw, b"Vary") == b"Accept-Encoding"
+    assert len(hs.reactor.tcpClients) == 1
