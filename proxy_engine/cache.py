@@ -315,7 +315,7 @@ class Entry:
     __slots__ = ("key", "host_id", "generation", "status", "reason", "headers", "hit_headers", "body", "length",
                  "size",
                  "response_time", "corrected_age", "lifetime", "no_stale", "stale_if_error", "auth_ok",
-                 "etag", "last_modified", "vary", "path", "writing", "doomed", "tier")
+                 "etag", "last_modified", "vary", "path", "writing", "doomed", "tier", "hit")
 
     def __init__(self, key, host_id, generation, status, reason, headers, body, f, response_time):
         self.key = key
@@ -338,6 +338,7 @@ class Entry:
     def set_headers(self, headers):
         self.headers = headers
         self.hit_headers = headers + [_HIT_LINE]
+        self.hit = None                  # (age, CachedResponse) of the last HIT: reused within that second
 
     def refresh(self, f, response_time):
         self.response_time = response_time
@@ -354,9 +355,17 @@ class Entry:
         return self.corrected_age + (now - self.response_time)
 
     def response(self, label, now, not_modified=False):
-        age = b"%d" % max(0, int(self.age(now)))
+        seconds = int(self.age(now))
         if label is HIT and not not_modified:
-            return CachedResponse(self.status, self.reason, self.hit_headers + [(b"age", b"Age", age)], self.length)
+            # Exchanges only read a CachedResponse, so hits within one second of age share one.
+            hit = self.hit
+            if hit is not None and hit[0] == seconds:
+                return hit[1]
+            response = CachedResponse(self.status, self.reason,
+                                      self.hit_headers + [(b"age", b"Age", b"%d" % max(0, seconds))], self.length)
+            self.hit = (seconds, response)
+            return response
+        age = b"%d" % max(0, seconds)
         extra = [(b"age", b"Age", age), (b"x-cache-status", b"X-Cache-Status", label)]
         if not_modified:
             return CachedResponse(304, b"Not Modified",
