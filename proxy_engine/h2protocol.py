@@ -186,7 +186,7 @@ class H2Stream:
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
         "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
-        "is_head", "wants_json", "queued", "encoder",
+        "is_head", "wants_json", "queued", "encoder", "cache",
     )
 
     def __init__(self, proto, stream_id, request_id, started):
@@ -213,6 +213,7 @@ class H2Stream:
         self.route = None
         self.rules = None            # the route's `RouteRules` for this path, when it has header rules
         self.group = None            # the route's `UpstreamGroup` for this path
+        self.cache = None            # the `cache.CacheTap` on a cache-enabled location
         self.upstream = None
         self.conn = None
         self.connector = None
@@ -270,6 +271,8 @@ class H2Stream:
             self.host, proto.is_trusted(self.router), framing, None, self.rules and self.rules.request)
         data = first_upstream_write(head, buffered, self.chunked, self.complete)
         conn.send(self, data, self.route.timeouts.response, self.is_head, False)
+        if self.cache is not None:
+            conn.exchange = self.cache           # the cache's tap relays the response to us
         if not self.complete and conn.state is not UPSTREAM_CLOSED:
             conn.transport.registerProducer(self, True)
             self.producing = True
@@ -279,6 +282,8 @@ class H2Stream:
     def upstream_connect_failed(self, failure):
         self.connector = None
         if self.state is not DONE:
+            if self.cache is not None and self.cache.connect_failed(failure):
+                return                   # a stale entry answered (stale-if-error)
             self._upstream_error(failure)
             self.proto.send_pending()
 
@@ -464,7 +469,18 @@ class H2Stream:
 
     def _dispatch(self, route):
         """Stage 5: answer locally if possible (the cache hooks in here), else `_connect`."""
+        if route.cache is not None and not route.cache.begin(self, self, self._cache_resumed):
+            return                       # answered from the cache, or waiting (collapsed miss, disk read)
         self._connect(route)
+
+    def _cache_resumed(self, stream):
+        """The cache's wait for this stream ended (reactor thread): answer it or go upstream."""
+        if self.state is not WAITING or self.responded or self.proto.state is CLOSED:
+            self.cache.abandon()
+            return
+        if self.cache.proceed():
+            self._connect(self.route)
+        self.proto.send_pending()
 
     def _connect(self, route):
         """Pick an upstream of the stream's group and get a connection to it."""
@@ -583,6 +599,8 @@ class H2Stream:
         if self.state is DONE:
             return
         self._detach(abort=True)
+        if self.cache is not None:
+            self.cache.abandon()
         if not self.responded and self.route is not None and self.route.kind == "proxy":
             self._record(ClientGone())
         self.status = 499

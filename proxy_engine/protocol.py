@@ -45,6 +45,7 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
+from proxy_engine.cache import ResponseCache
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
@@ -83,7 +84,7 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group", "encoder",
+        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group", "encoder", "cache",
     )
 
     def __init__(self, request_id):
@@ -91,6 +92,7 @@ class Request:
         self.rules = None        # the route's `RouteRules` for this path, when it has header rules
         self.group = None        # the route's `UpstreamGroup` for this path (proxied requests)
         self.encoder = None      # a `compress` encoder while the response is being compressed
+        self.cache = None        # the `cache.CacheTap` on a cache-enabled location
         self.status = None       # what the client got (or 499: it left before the answer)
         self.target = b""
         self.headers = []
@@ -129,7 +131,7 @@ class ProxyFactory(Factory):
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
                  idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None,
-                 access_log=None, https_port=None, traffic=None):
+                 access_log=None, https_port=None, traffic=None, cache=None, cache_dir=None):
         self.reactor = reactor
         self.traffic = traffic           # proxy_engine.traffic.TrafficCounter, or None (off)
         self.https_port = https_port     # served HTTPS port: force-HTTPS redirects (http factory only)
@@ -147,9 +149,13 @@ class ProxyFactory(Factory):
         self.active = 0
         # Runs password hashing off the reactor (access lists); tests replace it.
         self.run_in_thread = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
+        # Cached responses (proxy_engine.cache): one store per worker, shared by its factories.
+        self.cache = cache if cache is not None else ResponseCache(
+            reactor, directory=cache_dir, run_in_thread=lambda f, *a: self.run_in_thread(f, *a))
 
     def swap(self, snapshot):
         router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread)
+        self.cache.swap(snapshot, router, self.scheme)
         self.router = router
         addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
         addresses.update(u.address for h in snapshot.proxy_hosts for loc in h.locations for u in loc.upstreams)
@@ -236,6 +242,8 @@ class ProxyProtocol(Protocol):
         self.queue = None
         if request is not None:
             self._detach_upstream(request, abort=True)
+            if request.cache is not None:
+                request.cache.abandon()
             self.factory.active -= 1
             if not request.responded and state is not TUNNEL:
                 self._record(request, ClientGone())
@@ -475,7 +483,17 @@ class ProxyProtocol(Protocol):
 
     def _dispatch(self, request, route):
         """Stage 5: answer locally if possible (the cache hooks in here), else `_connect`."""
+        if route.cache is not None and not route.cache.begin(self, request, self._cache_resumed):
+            return                       # answered from the cache, or waiting (collapsed miss, disk read)
         self._connect(request, route)
+
+    def _cache_resumed(self, request):
+        """The cache's wait for `request` ended (reactor thread): answer it or go upstream."""
+        if self.active is not request or request.responded or self.state is not ACTIVE:
+            request.cache.abandon()
+            return
+        if request.cache.proceed():
+            self._connect(request, request.route)
 
     def _connect(self, request, route):
         """Pick an upstream of the request's group and get a connection to it."""
@@ -578,6 +596,8 @@ class ProxyProtocol(Protocol):
             held += ((conn, piece) for piece in data)
             data = ()
         conn.send(self, data, request.route.timeouts.response, request.is_head, upgrade is not None)
+        if request.cache is not None:
+            conn.exchange = request.cache        # the cache's tap relays the response to us
         if request.chunked or request.content_length:
             conn.transport.registerProducer(self.transport, True)
             request.paired = 1
@@ -586,6 +606,8 @@ class ProxyProtocol(Protocol):
         request = self.active
         if request is not None:
             request.connector = None
+            if request.cache is not None and request.cache.connect_failed(failure):
+                return                   # a stale entry answered (stale-if-error)
             self._upstream_error(request, failure)
 
     def upstream_head(self, conn):
@@ -727,6 +749,8 @@ class ProxyProtocol(Protocol):
             return
         if request is self.active:
             self._detach_upstream(request, abort=True)
+            if request.cache is not None:
+                request.cache.abandon()      # a collapsed miss it led: its followers go on
         request.keep_alive = False
         self.queue = None
         self._respond(request, status, None, cause=CLIENT_ERRORS.get(status, "The request was refused."), close=True,

@@ -31,7 +31,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access", "cors", "forward_auth", "compression")
+                 "header_rules", "access", "cors", "forward_auth", "compression", "cache")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None):
@@ -54,6 +54,7 @@ class ProxyRoute:
         self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
         # None when no path of the host compresses, else `compress.RouteCompression`.
         self.compression = build_route_compression(host)
+        self.cache = None        # `cache.CachePolicy` when the host caches, set by `ResponseCache.swap`
         self.group = UpstreamGroup(host.upstreams)
         locations = []
         for loc in host.locations:

@@ -63,6 +63,20 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """`cache` of a host or location (proxy_engine.cache)."""
+    enabled: bool = False
+    default_ttl: float = 0.0     # seconds of freshness for cacheable responses without any; 0 = not stored
+    stale_if_error: float = 0.0  # seconds a stale entry may answer when the upstream fails
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    memory_bytes: int = 64 << 20
+    disk_bytes: int = 0          # 0 = no disk tier
+
+
+@dataclass(frozen=True, slots=True)
 class Location:
     path: str
     upstreams: tuple         # () = the host's upstreams
@@ -138,6 +152,7 @@ class ProxyHost:
     hide_upstream_identity: bool = False
     cors: CorsOptions | None = None
     forward_auth: ForwardAuthOptions | None = None
+    cache_generation: int = 0    # the dashboard's purge increments it
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +182,7 @@ class Settings:
     default_site: DefaultSite = field(default_factory=DefaultSite)
     trusted_proxies: tuple = ()   # ipaddress networks
     tls_fallback: str = "self_signed"   # HTTPS client naming no known host: "self_signed" | "reject"
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +496,7 @@ def _proxy_host(r, raw, path, seen):
         locations.append(Location(
             path=loc_path or "/",
             upstreams=_upstreams(r, loc, lp, required=False),
-            cache=r.get(loc, "cache", lp, dict, None, allow_none=True),
+            cache=_cache_options(r, r.get(loc, "cache", lp, dict, None, allow_none=True), f"{lp}.cache"),
             headers=_header_directions(r, r.get(loc, "headers", lp, dict, None, allow_none=True), f"{lp}.headers")
             if loc.get("headers") is not None else None,
             compression=_compression(r, r.get(loc, "compression", lp, list, None, allow_none=True),
@@ -499,7 +515,8 @@ def _proxy_host(r, raw, path, seen):
         ssl=_ssl_options(r, r.get(h, "ssl", path, dict, None, allow_none=True), f"{path}.ssl"),
         access_list=r.get(h, "access_list", path, str, None, allow_none=True),
         compression=compression or (),
-        cache=r.get(h, "cache", path, dict, None, allow_none=True),
+        cache=_cache_options(r, r.get(h, "cache", path, dict, None, allow_none=True), f"{path}.cache"),
+        cache_generation=_cache_generation(r, h, path),
         rate_limit=r.get(h, "rate_limit", path, dict, None, allow_none=True),
         request_headers=request_headers,
         response_headers=response_headers,
@@ -521,6 +538,41 @@ def _compression(r, names, path):
         if name not in ("gzip", "br", "zstd"):
             r.error(f"{path}[{i}]", f"unknown encoding {str(name)[:20]!r} (gzip, br or zstd)")
     return tuple(names)
+
+
+def _cache_options(r, raw, path):
+    """None (absent / inherit) or `CacheOptions`."""
+    if raw is None:
+        return None
+    enabled = r.get(raw, "enabled", path, bool, False)
+    ttl = r.get(raw, "default_ttl", path, float, 0.0)
+    stale = r.get(raw, "stale_if_error", path, float, 0.0)
+    for key, value in (("default_ttl", ttl), ("stale_if_error", stale)):
+        if value is not None and not 0 <= value < float("inf"):
+            r.error(f"{path}.{key}", f"must be 0 or more seconds, got {value}")
+    return CacheOptions(bool(enabled), ttl if ttl and ttl > 0 else 0.0, stale if stale and stale > 0 else 0.0)
+
+
+def _cache_generation(r, h, path):
+    generation = r.get(h, "cache_generation", path, int, 0)
+    if generation is not None and generation < 0:
+        r.error(f"{path}.cache_generation", f"must be 0 or more, got {generation}")
+        return 0
+    return generation or 0
+
+
+def _cache_settings(r, raw):
+    if raw is None:
+        return CacheSettings()
+    memory = r.get(raw, "memory_bytes", "settings.cache", int, 64 << 20)
+    disk = r.get(raw, "disk_bytes", "settings.cache", int, 0)
+    if memory is not None and memory < 0:
+        r.error("settings.cache.memory_bytes", f"must be 0 or more, got {memory}")
+        memory = None
+    if disk is not None and disk < 0:
+        r.error("settings.cache.disk_bytes", f"must be 0 or more, got {disk}")
+        disk = None
+    return CacheSettings(64 << 20 if memory is None else memory, disk or 0)
 
 
 def _ssl_options(r, raw, path):
@@ -574,7 +626,8 @@ def _settings(r, raw):
     fallback = r.get(s, "tls_fallback", "settings", str, "self_signed")
     if fallback not in ("self_signed", "reject"):
         r.error("settings.tls_fallback", f"must be self_signed or reject, got {fallback!r}")
-    return Settings(DefaultSite(action or "404", to, body), tuple(networks), fallback or "self_signed")
+    cache = _cache_settings(r, r.get(s, "cache", "settings", dict, None, allow_none=True))
+    return Settings(DefaultSite(action or "404", to, body), tuple(networks), fallback or "self_signed", cache=cache)
 
 
 def _access_lists(r, items):

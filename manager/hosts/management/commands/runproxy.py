@@ -61,6 +61,9 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", default=str(settings.DATA_DIR / "logs" / "access.log"),
                             help='access log file (JSON lines, rotated at 10 MiB x 5; default: '
                                  '$GATEHOUSE_DATA_DIR/logs/access.log), "-" for stdout, or "off"')
+        parser.add_argument("--cache-dir", default=str(settings.DATA_DIR / "cache"),
+                            help="directory of the response cache's disk tier (default: $GATEHOUSE_DATA_DIR/cache; "
+                                 "used only when the cache settings give it bytes; cleared on restart)")
         parser.add_argument("--traffic-interval", type=float, default=10.0,
                             help="seconds per bucket of the per-host request/error counts (default 10)")
 
@@ -84,6 +87,7 @@ class Command(BaseCommand):
             on_status=in_worker_thread(report_status),
             on_traffic=in_worker_thread(record_traffic),
             traffic_interval=options["traffic_interval"],
+            cache_dir=options["cache_dir"],
         )
         if return_code:
             raise SystemExit(return_code)
