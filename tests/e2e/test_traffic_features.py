@@ -218,3 +218,37 @@ def test_compression_encodes_what_the_client_accepts(world, encoding, decode):
     plain, plain_body = get(world, "compress", "/text/plain")
     assert plain.getheader("Content-Encoding") is None and plain_body == TEXT
     assert len(seen(upstream)[before:]) == 2
+
+
+# -- cache and the dashboard's purge -----------------------------------------------------
+
+def test_cache_hit_then_purge_from_the_dashboard_makes_the_next_request_a_miss(world, django_db_blocker):
+    upstream, host = world["servers"]["cache"], world["hosts"]["cache"]
+    first, first_body = get(world, "cache", "/cached/photo")
+    assert first.status == 200 and first.getheader("X-Cache-Status") == "MISS"
+    second, second_body = get(world, "cache", "/cached/photo")
+    assert second.status == 200 and second.getheader("X-Cache-Status") == "HIT"
+    assert second_body == first_body and json.loads(first_body)["serial"] == 1
+    assert len(seen(upstream, "/cached/photo")) == 1, "the hit must not reach the upstream"
+
+    # The "Purge cache" button: the dashboard's purge view, in this process, on the database
+    # the engine reads.
+    with django_db_blocker.unblock():
+        admin = get_user_model().objects.create_superuser("purger", "purger@example.test", "a-long-passphrase-42")
+        browser = Client()
+        browser.force_login(admin)
+        response = browser.post(f"/hosts/{host.pk}/status/purge/")
+        assert response.status_code == 302 and response["Location"] == f"/hosts/{host.pk}/status/"
+        assert ProxyHost.objects.get(pk=host.pk).cache_generation == host.cache_generation + 1
+
+    # The engine picks the new generation up with the next revision: a MISS, fetched again.
+    def after_purge():
+        response, body = get(world, "cache", "/cached/photo")
+        return (response.getheader("X-Cache-Status"), body) if response.getheader("X-Cache-Status") != "HIT" else None
+
+    status, body = wait_until(after_purge, 15, "a request after the purge that is not a cache hit")
+    assert status == "MISS" and json.loads(body)["serial"] == 2
+    assert len(seen(upstream, "/cached/photo")) == 2
+    again, again_body = get(world, "cache", "/cached/photo")
+    assert again.getheader("X-Cache-Status") == "HIT" and again_body == body
+    assert len(seen(upstream, "/cached/photo")) == 2
