@@ -181,7 +181,7 @@ class H2Stream:
     __slots__ = (
         "proto", "stream_id", "state", "request_id", "started", "method", "target", "host", "headers",
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
-        "upstream_full", "producing", "chunked", "router", "route", "rules", "upstream", "conn", "connector",
+        "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
         "is_head", "wants_json", "queued",
     )
@@ -209,6 +209,7 @@ class H2Stream:
         self.router = None
         self.route = None
         self.rules = None            # the route's `RouteRules` for this path, when it has header rules
+        self.group = None            # the route's `UpstreamGroup` for this path
         self.upstream = None
         self.conn = None
         self.connector = None
@@ -379,11 +380,6 @@ class H2Stream:
                 location = b"https://" + normalize_host(host) + route.force_https + path
                 self.respond(301, b"", ((b"location", location),))
                 return
-            access = route.access
-            if access is not None:
-                verdict = self._check_access(access, router)
-                if verdict != ALLOWED and verdict != PENDING:
-                    return
             max_body = route.max_body_size
             if max_body is not None:
                 if content_length is not None and content_length > max_body:
@@ -392,14 +388,10 @@ class H2Stream:
                 self.max_body = max_body
             query = path.find(b"?")
             bare = path if query < 0 else path[:query]
-            self.upstream = upstream = route.select(bare).pick()
+            self.group = route.select(bare)
             if route.header_rules is not None:
                 self.rules = route.header_rules.for_path(bare)
-            if access is not None and verdict == PENDING:
-                return                   # `_access_resumed` connects once the password is verified
-            if not ended and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in headers):
-                proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
-            self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
+            self._gate(route)
         elif kind == "redirect":
             self.respond(route.code, b"", ((b"location", route.location(path)),))
         elif route.close:
@@ -407,6 +399,37 @@ class H2Stream:
             self.reset(_CANCEL)
         else:
             self.respond(route.status, route.body)
+
+    # -- the stages of a proxied request (as in protocol.py's module doc) ---------------
+
+    def _gate(self, route):
+        """Stage 2: cheap local refusals, each only when its feature is on for the route."""
+        self._access(route)
+
+    def _access(self, route):
+        """Stage 3: the host's access list (may wait for a password check: `_access_resumed`)."""
+        access = route.access
+        if access is not None:
+            verdict = self._check_access(access, self.router)
+            if verdict != ALLOWED:
+                return                   # answered (401/403), or PENDING
+        self._authorized(route)
+
+    def _authorized(self, route):
+        """Stage 4: the client may use the host (forward auth hooks in here)."""
+        self._dispatch(route)
+
+    def _dispatch(self, route):
+        """Stage 5: answer locally if possible (the cache hooks in here), else `_connect`."""
+        self._connect(route)
+
+    def _connect(self, route):
+        """Pick an upstream of the stream's group and get a connection to it."""
+        proto = self.proto
+        self.upstream = upstream = self.group.pick()
+        if not self.complete and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in self.headers):
+            proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
+        self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
 
     def _check_access(self, access, router):
         """The route's access policy on this request: ALLOWED, PENDING, or answered (401/403)."""
@@ -435,9 +458,7 @@ class H2Stream:
             return
         if not access.pass_auth:
             self.headers = strip_authorization(self.headers)
-        if not self.complete and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in self.headers):
-            proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
-        self.connector = proto.pool.acquire(self.upstream, self.route.timeouts.connect, self)
+        self._authorized(self.route)
         proto.send_pending()
 
     def request_data(self, data, flow_length):

@@ -14,6 +14,21 @@ Connection states (`ProxyProtocol.state`):
 A request captures the router (= snapshot) current when its head completes and finishes on
 it. Pipelined requests are queued in order; the next starts when the current answer ends.
 
+Stages of a proxied request (the same names in `h2protocol.H2Stream`), each feature hooking
+into its stage with one `if route.<feature> is not None:` so a host without it pays nothing:
+
+1. `_start`: ACME HTTP-01, routing, force-HTTPS redirect, max body size, the path's upstream
+   group and header rules;
+2. `_gate`: cheap local refusals (block exploits, CORS preflight, rate limit);
+3. `_access`: the host's access list (a password check may run in a thread: PENDING, then
+   `_access_resumed` carries on with stage 4);
+4. `_authorized`: the client may use the host (forward auth);
+5. `_dispatch`: answer without the upstream when possible (cache), else `_connect`: pick an
+   upstream (load balancing) and get a pooled or new connection to it.
+
+The response comes back through the exchange interface (`upstream_head`, `upstream_body`,
+`upstream_done`, `upstream_failed`) that `proxy_engine.upstream` calls.
+
 Backpressure: while an upstream connection is in use, each transport is registered as the
 streaming producer of the other, so a slow reader pauses the fast writer.
 
@@ -67,12 +82,13 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules",
+        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group",
     )
 
     def __init__(self, request_id):
         self.request_id = request_id
         self.rules = None        # the route's `RouteRules` for this path, when it has header rules
+        self.group = None        # the route's `UpstreamGroup` for this path (proxied requests)
         self.status = None       # what the client got (or 499: it left before the answer)
         self.target = b""
         self.headers = []
@@ -404,11 +420,6 @@ class ProxyProtocol(Protocol):
                 location = b"https://" + normalize_host(host or b"") + route.force_https + path
                 self._respond(request, 301, b"", extra=b"Location: " + location + b"\r\n")
                 return
-            access = route.access
-            if access is not None:
-                verdict = self._check_access(request, access, router)
-                if verdict != ALLOWED and verdict != PENDING:
-                    return
             max_body = route.max_body_size
             if max_body is not None:
                 if request.content_length is not None and request.content_length > max_body:
@@ -417,15 +428,10 @@ class ProxyProtocol(Protocol):
                 request.max_body = max_body
             query = path.find(b"?")
             bare = path if query < 0 else path[:query]
-            group = route.select(bare)
+            request.group = route.select(bare)
             if route.header_rules is not None:
                 request.rules = route.header_rules.for_path(bare)
-            request.upstream = group.pick()
-            if access is not None and verdict == PENDING:
-                return                   # `_access_resumed` connects once the password is verified
-            if request.expect_continue and not request.complete:
-                self._write(_CONTINUE)
-            request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
+            self._gate(request, route)
         elif kind == "redirect":
             location = route.location(path)
             self._respond(request, route.code, b"", extra=b"Location: " + location + b"\r\n")
@@ -435,6 +441,36 @@ class ProxyProtocol(Protocol):
             self._close(abort=True)
         else:
             self._respond(request, route.status, route.body)
+
+    # -- the stages of a proxied request (see the module doc) ---------------------------
+
+    def _gate(self, request, route):
+        """Stage 2: cheap local refusals, each only when its feature is on for the route."""
+        self._access(request, route)
+
+    def _access(self, request, route):
+        """Stage 3: the host's access list (may wait for a password check: `_access_resumed`)."""
+        access = route.access
+        if access is not None:
+            verdict = self._check_access(request, access, request.router)
+            if verdict != ALLOWED:
+                return                   # answered (401/403), or PENDING
+        self._authorized(request, route)
+
+    def _authorized(self, request, route):
+        """Stage 4: the client may use the host (forward auth hooks in here)."""
+        self._dispatch(request, route)
+
+    def _dispatch(self, request, route):
+        """Stage 5: answer locally if possible (the cache hooks in here), else `_connect`."""
+        self._connect(request, route)
+
+    def _connect(self, request, route):
+        """Pick an upstream of the request's group and get a connection to it."""
+        request.upstream = request.group.pick()
+        if request.expect_continue and not request.complete:
+            self._write(_CONTINUE)
+        request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
 
     def _check_access(self, request, access, router):
         """The route's access policy on `request`: ALLOWED, PENDING, or answered (401/403)."""
@@ -454,15 +490,14 @@ class ProxyProtocol(Protocol):
         """A password verification for `request` ended (reactor thread)."""
         if self.active is not request or request.responded or self.state is not ACTIVE:
             return                       # refused meanwhile (413), or the client left
-        access = request.route.access
+        route = request.route
+        access = route.access
         if outcome != ALLOWED:
             self._respond(request, outcome, None, cause=CLIENT_ERRORS[outcome], extra=access.challenge)
             return
         if not access.pass_auth:
             request.headers = strip_authorization(request.headers)
-        if request.expect_continue and not request.complete:
-            self._write(_CONTINUE)
-        request.connector = self.pool.acquire(request.upstream, request.route.timeouts.connect, self)
+        self._authorized(request, route)
 
     # -- upstream callbacks (the exchange interface) ------------------------------------
 
