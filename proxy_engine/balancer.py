@@ -42,6 +42,7 @@ import hashlib
 import math
 import random as _random
 
+from proxy_engine.access import client_address
 from proxy_engine.errors import UpstreamFailure
 
 ROUND_ROBIN, LEAST_CONN, IP_HASH, RANDOM, FIRST = "round_robin", "least_conn", "ip_hash", "random", "first"
@@ -77,6 +78,7 @@ class UpstreamGroup:
 
     __slots__ = ("upstreams", "_cycle", "_size", "_cursor")
     balanced = False
+    counts = False
 
     def __init__(self, upstreams):
         self.upstreams = tuple(upstreams)
@@ -133,6 +135,11 @@ class BalancedGroup:
     __slots__ = ("upstreams", "states", "policy", "weights", "_cycle", "_size", "_cursor", "_rng",
                  "_inflight", "_hash_keys", "cookie", "_tokens", "_by_token", "_cookie_tail")
     balanced = True
+
+    @property
+    def counts(self):
+        """Whether exchanges must `release` (least_conn counts in-flight requests)."""
+        return self.policy == LEAST_CONN
 
     def __init__(self, upstreams, policy=ROUND_ROBIN, states=None, inflight=None, sticky=None, host_id=0, rng=None):
         self.upstreams = tuple(upstreams)
@@ -312,3 +319,36 @@ def retryable(method, body_bytes):
 def client_key(peer, client_ip):
     """The ip_hash key: the packed client address (bytes), or the textual IP."""
     return peer.packed if peer is not None else client_ip
+
+
+# -- the exchange side: what `_connect` and `upstream_connect_failed` call (both protocols) --
+
+def choose_for(group, headers, peer, client_ip, trusted, trusts, tried=()):
+    """(upstream or None, Set-Cookie line or b"") for a request on a `BalancedGroup`.
+
+    `headers` are the request's triples (the sticky cookie; X-Forwarded-For for ip_hash
+    through trusted proxies), `peer` / `client_ip` the connection's address (parsed / bytes),
+    `trusted` whether the peer is a trusted proxy, `trusts` the router's test for one."""
+    token = cookie_value(headers, group.cookie) if group.cookie is not None else None
+    key = None
+    if group.policy == IP_HASH:
+        address = client_address(peer, trusted, headers, trusts)
+        key = address.packed if address is not None else client_ip
+    upstream = group.choose(key, token, tried)
+    if upstream is None:
+        return None, b""
+    group.acquire(upstream)
+    return upstream, group.set_cookie(upstream, token)
+
+
+def retry_for(group, upstream, headers, tried):
+    """After a failed connection attempt to `upstream`: (another upstream or None, Set-Cookie
+    line). `tried` (a set of addresses) gains `upstream`; the in-flight count moves along."""
+    tried.add(upstream.address)
+    following = group.next_untried(tried)
+    if following is None:
+        return None, b""
+    group.release(upstream)
+    group.acquire(following)
+    token = cookie_value(headers, group.cookie) if getattr(group, "cookie", None) is not None else None
+    return following, (group.set_cookie(following, token) if group.balanced else b"")
