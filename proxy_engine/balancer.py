@@ -253,7 +253,8 @@ class BalancedGroup:
 
     def next_untried(self, tried):
         """Another available upstream not in `tried`, or None (the retry of a connect failure)."""
-        return self._index(None, tried) if self.policy != IP_HASH else self._index(b"", tried)
+        i = self._index(b"", tried)
+        return None if i is None else self.upstreams[i]
 
     # -- sticky sessions ----------------------------------------------------------------
 
