@@ -192,8 +192,8 @@ class BalancedGroup:
         i = self._index(key, tried)
         return None if i is None else self.upstreams[i]
 
-    def _index(self, key, tried):
-        policy = self.policy
+    def _index(self, key, tried, policy=None):
+        policy = policy or self.policy
         n = len(self.upstreams)
         if policy == ROUND_ROBIN:
             cycle, size = self._cycle, self._size
@@ -252,8 +252,9 @@ class BalancedGroup:
         return candidates[-1]
 
     def next_untried(self, tried):
-        """Another available upstream not in `tried`, or None (the retry of a connect failure)."""
-        i = self._index(b"", tried)
+        """Another available upstream not in `tried`, or None (the retry of a connect failure;
+        ip_hash retries spread by weighted round robin instead of all going to one fallback)."""
+        i = self._index(None, tried, ROUND_ROBIN if self.policy == IP_HASH else None)
         return None if i is None else self.upstreams[i]
 
     # -- sticky sessions ----------------------------------------------------------------

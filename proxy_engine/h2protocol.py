@@ -294,7 +294,7 @@ class H2Stream:
         self.upstream = upstream
         if cookie:
             self.set_cookie = cookie
-        self.connector = self.proto.pool.connect(upstream, self.route.timeouts.connect, self)
+        self.connector = self.proto.pool.acquire(upstream, self.route.timeouts.connect, self)
         return True
 
     def upstream_head(self, conn):

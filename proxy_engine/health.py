@@ -110,8 +110,8 @@ class HealthState:
 
     def exchange_failed(self, failure):
         passive = self.passive
-        if passive is None or self.stopped:
-            return
+        if passive is None or self.stopped or self.passive_down:
+            return                       # (failures of requests already under way while it is down)
         now = self.registry.reactor.seconds()
         failures = self.failures
         failures.append(now)

@@ -578,7 +578,7 @@ class ProxyProtocol(Protocol):
         request.upstream = upstream
         if cookie:
             request.set_cookie = cookie
-        request.connector = self.pool.connect(upstream, request.route.timeouts.connect, self)
+        request.connector = self.pool.acquire(upstream, request.route.timeouts.connect, self)
         return True
 
     def upstream_head(self, conn):

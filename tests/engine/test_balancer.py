@@ -377,3 +377,36 @@ def test_h2_retries_a_refused_get_and_answers_502_when_every_upstream_refuses():
         h.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
     c.pump()
     assert len(h.reactor.tcpClients) == 3 and c.answers[sid].status == 502
+
+
+def test_http1_a_failed_tls_handshake_is_retried_on_another_upstream_and_probes_use_tls():
+    from OpenSSL import SSL
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from proxy_engine import tls
+
+    doc = balanced_doc(n=2, health_check={"path": "/h", "interval": 60.0, "timeout": 1.0})
+    for u in doc["proxy_hosts"][0]["upstreams"]:
+        u.update(scheme="https", port=443, verify=False)
+    h = Harness(doc)
+    snapshot = tls.attach(parse_snapshot(doc))
+    h.factory.pool.client_tls = snapshot.tls.upstreams
+    h.reactor.advance(0)
+    probes = list(h.reactor.sslClients)
+    assert sorted(p[0] for p in probes) == ["10.0.2.1", "10.0.2.2"]           # health checks over TLS ...
+    for host, port, attempt, creator, timeout, _ in probes:                   # ... with the same creators
+        assert creator is snapshot.tls.upstreams[next(u.address for u in snapshot.proxy_hosts[0].upstreams
+                                                      if u.host == host)]
+    proto, transport = h.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    first = h.reactor.sslClients[-1]
+    conn = first[2].buildProtocol(None)
+    conn.makeConnection(StringTransport())
+    conn.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
+    second = h.reactor.sslClients[-1]
+    assert second[0] != first[0] and len(h.reactor.sslClients) == len(probes) + 2
+    conn = second[2].buildProtocol(None)
+    conn.makeConnection(StringTransport())
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 OK")
