@@ -132,19 +132,15 @@ def cookie_value(headers, name):
 class BalancedGroup:
     """Any policy, health-aware, optionally sticky (see the module docstring)."""
 
-    __slots__ = ("upstreams", "states", "policy", "weights", "_cycle", "_size", "_cursor", "_rng",
+    __slots__ = ("upstreams", "states", "policy", "counts", "weights", "_cycle", "_size", "_cursor", "_rng",
                  "_inflight", "_hash_keys", "cookie", "_tokens", "_by_token", "_cookie_tail")
     balanced = True
-
-    @property
-    def counts(self):
-        """Whether exchanges must `release` (least_conn counts in-flight requests)."""
-        return self.policy == LEAST_CONN
 
     def __init__(self, upstreams, policy=ROUND_ROBIN, states=None, inflight=None, sticky=None, host_id=0, rng=None):
         self.upstreams = tuple(upstreams)
         self.states = tuple(states) if states is not None else (None,) * len(self.upstreams)
         self.policy = policy
+        self.counts = policy == LEAST_CONN     # exchanges must `release` (in-flight counting)
         self.weights = tuple(u.weight for u in self.upstreams)
         self._cycle = tuple(_smooth_indices(list(self.weights)))
         self._size = len(self._cycle)
@@ -210,7 +206,11 @@ class BalancedGroup:
                 if self._available(i, tried):
                     return i
             return None
-        candidates = [i for i in range(n) if self._available(i, tried)]
+        states = self.states
+        if tried:
+            candidates = [i for i in range(n) if self._available(i, tried)]
+        else:
+            candidates = [i for i, state in enumerate(states) if state is None or state.up]
         if not candidates:
             return None
         if len(candidates) == 1:

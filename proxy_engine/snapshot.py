@@ -46,14 +46,14 @@ class Upstream:
     weight: int = 1
     verify: bool = True          # https only: False = no certificate verification
     ca_pem: str | None = None    # https only: trust these CAs instead of the system's
+    # The key of state that outlives snapshots (connection pools, health); an https address
+    # includes its TLS options, so differently verified connections are never shared.
+    # Computed once here: it is read on every request (pool, balancer).
+    address: tuple = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self):
-        """The key of state that outlives snapshots (connection pools); an https address
-        includes its TLS options, so differently verified connections are never shared."""
-        if self.scheme == "http":
-            return ("http", self.host, self.port)
-        return (self.scheme, self.host, self.port, self.verify, self.ca_pem)
+    def __post_init__(self):
+        object.__setattr__(self, "address", ("http", self.host, self.port) if self.scheme == "http"
+                           else (self.scheme, self.host, self.port, self.verify, self.ca_pem))
 
 
 @dataclass(frozen=True, slots=True)
