@@ -67,6 +67,7 @@ from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
 from proxy_engine.errors import CLIENT_ERRORS, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.fastio import send
+from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
 from proxy_engine.health import is_upstream_fault
 from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
                                    upstream_request_head)
@@ -154,6 +155,8 @@ def response_headers(status, headers, request_id, content_length, rules=None):
         out += [(lname, value) for lname, _, value in headers
                 if lname not in _RESPONSE_DROP and lname not in drop and lname not in ruled]
         out += rules.pairs
+        if rules.defaults:                     # presets: only where the upstream sent none
+            out += rules.missing_pairs(headers)
     out.append((b"x-request-id", request_id))
     if content_length is not None and status != 204:
         out.append((b"content-length", b"%d" % content_length))
@@ -435,6 +438,12 @@ class H2Stream:
 
     def _gate(self, route):
         """Stage 2: cheap local refusals, each only when its feature is on for the route."""
+        if route.cors is not None:       # CORS: a preflight is answered here; allow-origin joins the rules
+            preflight = route.cors.preflight(self.method, self.headers)
+            if preflight is not None:
+                self.respond(preflight.status, b"", preflight.pairs, cause=preflight.cause)
+                return
+            self.rules = route.cors.rules_for(self.rules, self.headers)
         self._access(route)
 
     def _access(self, route):
@@ -448,6 +457,9 @@ class H2Stream:
 
     def _authorized(self, route):
         """Stage 4: the client may use the host (forward auth hooks in here)."""
+        if route.forward_auth is not None:
+            self._forward_auth(route)            # `_forward_auth_done` carries on at _dispatch
+            return
         self._dispatch(route)
 
     def _dispatch(self, route):
@@ -502,6 +514,41 @@ class H2Stream:
         if not access.pass_auth:
             self.headers = strip_authorization(self.headers)
         self._authorized(self.route)
+        proto.send_pending()
+
+    def _forward_auth(self, route):
+        """Ask the host's authentication service (`proxy_engine.forwardauth`); the body
+        waits unacknowledged meanwhile."""
+        proto = self.proto
+        factory = proto.factory
+        if factory.auth_client is None:
+            factory.auth_client = AuthClient(proto.reactor)
+        router = self.router
+        route.forward_auth.ask(factory.auth_client, self.method, self.target, self.host, factory.scheme, proto.peer,
+                               proto.client_ip, proto.is_trusted(router), router.trusts, self.headers,
+                               self._forward_auth_done)
+
+    def _forward_auth_done(self, decision):
+        """The authentication service decided about this stream (reactor thread)."""
+        proto = self.proto
+        if self.state is not WAITING or self.responded or proto.state is CLOSED:
+            return                       # refused meanwhile (413), reset, or the client left
+        kind = decision.kind
+        route = self.route
+        if kind is ALLOW:
+            self.headers = decision.apply(self.headers)
+            self._dispatch(route)
+            proto.send_pending()
+            return
+        _, pairs = with_cors(route, self.headers, b"", decision.pairs if kind is DENY else ())
+        if kind is DENY:
+            self.respond(decision.status, decision.body, pairs, cause=decision.cause,
+                         content_type=decision.content_type)
+        else:
+            proto.factory.events.on_upstream_error(
+                route.host.id, self.request_id, route.forward_auth.service, decision.status, decision.cause,
+                decision.detail, proto.reactor.seconds())
+            self.respond(decision.status, None, pairs, cause=decision.cause)
         proto.send_pending()
 
     def request_data(self, data, flow_length):
@@ -566,6 +613,8 @@ class H2Stream:
             content_type, body = error_body(status, cause, self.wants_json, self.request_id)
         headers = [(b":status", b"%d" % status), (b"content-type", content_type),
                    (b"content-length", b"%d" % len(body)), (b"x-request-id", self.request_id)]
+        if status == 204:                # no content-type / content-length on a 204 (RFC 9110 §8.6)
+            del headers[1:3]
         headers += extra
         self.bytes_out += sum(len(n) + len(v) + 4 for n, v in headers)
         self.state = ENDING

@@ -49,6 +49,7 @@ from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retr
 from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
+from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
 from proxy_engine.health import HealthRegistry, is_upstream_fault
 from proxy_engine.headers import (LAST_CHUNK, accept_client, client_response_head, first_upstream_write,
                                    upstream_request_head)
@@ -138,6 +139,7 @@ class ProxyFactory(Factory):
         self.traffic = traffic           # proxy_engine.traffic.TrafficCounter, or None (off)
         self.https_port = https_port     # served HTTPS port: force-HTTPS redirects (http factory only)
         self.access_log = access_log     # proxy_engine.accesslog.AccessLog, or None (off)
+        self.auth_client = None          # proxy_engine.forwardauth.AuthClient, made on first use
         self.pool = pool if pool is not None else UpstreamPool(reactor)
         # Health states and in-flight counts: per worker, shared like the pool (proxy_engine.health).
         self.health = health if health is not None else HealthRegistry(reactor, self.pool)
@@ -455,6 +457,12 @@ class ProxyProtocol(Protocol):
 
     def _gate(self, request, route):
         """Stage 2: cheap local refusals, each only when its feature is on for the route."""
+        if route.cors is not None:       # CORS: a preflight is answered here; allow-origin joins the rules
+            preflight = route.cors.preflight(request.method, request.headers)
+            if preflight is not None:
+                self._respond(request, preflight.status, b"", extra=preflight.lines, cause=preflight.cause)
+                return
+            request.rules = route.cors.rules_for(request.rules, request.headers)
         self._access(request, route)
 
     def _access(self, request, route):
@@ -468,6 +476,9 @@ class ProxyProtocol(Protocol):
 
     def _authorized(self, request, route):
         """Stage 4: the client may use the host (forward auth hooks in here)."""
+        if route.forward_auth is not None:
+            self._forward_auth(request, route)   # `_forward_auth_done` carries on at _dispatch
+            return
         self._dispatch(request, route)
 
     def _dispatch(self, request, route):
@@ -520,6 +531,42 @@ class ProxyProtocol(Protocol):
         if not access.pass_auth:
             request.headers = strip_authorization(request.headers)
         self._authorized(request, route)
+
+    def _forward_auth(self, request, route):
+        """Ask the host's authentication service (`proxy_engine.forwardauth`) about `request`."""
+        router = request.router
+        if self.trusted_for is not router:
+            self.trusted, self.trusted_for = router.trusts(self.peer), router
+        factory = self.factory
+        if factory.auth_client is None:
+            factory.auth_client = AuthClient(self.reactor)
+        if not request.complete:
+            self.transport.pauseProducing()      # an uploading body waits (in the kernel) meanwhile
+        route.forward_auth.ask(factory.auth_client, request.method, request.target, request.host or b"",
+                               factory.scheme, self.peer, self.client_ip, self.trusted, router.trusts,
+                               request.headers, lambda decision: self._forward_auth_done(request, decision))
+
+    def _forward_auth_done(self, request, decision):
+        """The authentication service decided about `request` (reactor thread)."""
+        if self.active is not request or request.responded or self.state is not ACTIVE:
+            return                       # refused meanwhile, or the client left
+        if not request.complete:
+            self.transport.resumeProducing()
+        kind = decision.kind
+        route = request.route
+        if kind is ALLOW:
+            request.headers = decision.apply(request.headers)
+            self._dispatch(request, route)
+            return
+        lines, _ = with_cors(route, request.headers, decision.lines if kind is DENY else b"", ())
+        if kind is DENY:
+            self._respond(request, decision.status, decision.body, extra=lines, cause=decision.cause,
+                          content_type=decision.content_type)
+        else:
+            self.factory.events.on_upstream_error(
+                route.host.id, request.request_id, route.forward_auth.service, decision.status, decision.cause,
+                decision.detail, self.reactor.seconds())
+            self._respond(request, decision.status, None, extra=lines, cause=decision.cause)
 
     # -- upstream callbacks (the exchange interface) ------------------------------------
 
@@ -724,6 +771,8 @@ class ProxyProtocol(Protocol):
         request.close_after = close
         parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n" % (
             status, REASONS.get(status, b""), content_type, len(body), request.request_id), extra]
+        if status == 204:                # no Content-Type / Content-Length on a 204 (RFC 9110 §8.6)
+            parts[0] = b"HTTP/1.1 204 No Content\r\nX-Request-Id: %s\r\n" % request.request_id
         if close:
             parts.append(_CONNECTION_CLOSE)
         elif request.version == b"1.0":

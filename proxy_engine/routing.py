@@ -20,6 +20,8 @@ the worker's `health.HealthRegistry`, which outlives snapshots).
 """
 from proxy_engine.access import AccessPolicy
 from proxy_engine.balancer import build_group
+from proxy_engine.cors import build_cors
+from proxy_engine.forwardauth import ForwardAuth
 from proxy_engine.headerrules import build_route_rules
 from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
 
@@ -29,7 +31,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access")
+                 "header_rules", "access", "cors", "forward_auth")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None, health=None):
@@ -48,6 +50,8 @@ class ProxyRoute:
         # None without any header rule (nothing per request), else `RouteHeaderRules`.
         self.header_rules = build_route_rules(host)
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
+        self.cors = build_cors(host.cors)          # `cors.CorsPolicy`, or None
+        self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
         # `balancer.UpstreamGroup` (plain round robin) or `BalancedGroup` (policies, health,
         # sticky); `health` is the worker's `health.HealthRegistry` (None: no health states).
         self.group = build_group(host, host.upstreams, health)

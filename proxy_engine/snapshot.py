@@ -124,6 +124,25 @@ class Certificate:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsOptions:
+    """A host's CORS policy (`proxy_engine.cors`); origins lower-case, ("*",) for any."""
+    origins: tuple
+    methods: tuple = ("GET", "HEAD", "POST")
+    headers: tuple = ()          # allowed request headers, or ("*",)
+    expose: tuple = ()
+    credentials: bool = False
+    max_age: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAuthOptions:
+    """A host's forward-auth service (`proxy_engine.forwardauth`)."""
+    url: str
+    response_headers: tuple = ()  # names copied from a 2xx auth answer into the upstream request
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyHost:
     id: int
     domains: tuple
@@ -144,6 +163,10 @@ class ProxyHost:
     response_headers: HeaderRules = field(default_factory=HeaderRules)
     block_exploits: bool = False
     locations: tuple = ()
+    security_headers: bool = False
+    hide_upstream_identity: bool = False
+    cors: CorsOptions | None = None
+    forward_auth: ForwardAuthOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +382,85 @@ def _header_directions(r, obj, path):
             _header_rules(r, headers.get("response"), f"{path}.response"))
 
 
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s/?#@]+$")
+_METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _names(r, obj, key, path, check):
+    """A list of strings under `key` (absent: empty), each passed through `check(value, path)`."""
+    out = []
+    for i, value in enumerate(r.get(obj, key, path, list, [])):
+        checked = check(value, f"{path}.{key}[{i}]")
+        if checked is not None:
+            out.append(checked)
+    return tuple(out)
+
+
+def _cors(r, raw, path):
+    if raw is None:
+        return None
+    c = r.mapping(raw, path)
+
+    def origin(value, where):
+        if value == "*":
+            return value
+        if not isinstance(value, str) or not value.isascii() or not _ORIGIN.match(value.lower().rstrip("/")):
+            r.error(where, f"{str(value)[:80]!r} is not an origin (scheme://host[:port]) or '*'")
+            return None
+        return value.lower().rstrip("/")
+
+    def method(value, where):
+        if not isinstance(value, str) or not _METHOD.match(value):
+            r.error(where, f"{str(value)[:40]!r} is not an HTTP method or '*'")
+            return None
+        return value if value == "*" else value.upper()
+
+    def header(value, where):
+        if value == "*" or isinstance(value, str) and _HEADER_NAME.match(value):
+            return value
+        r.error(where, f"{str(value)[:60]!r} is not a valid header name or '*'")
+        return None
+
+    if "origins" not in c:
+        r.error(f"{path}.origins", "is required")
+    origins = _names(r, c, "origins", path, origin)
+    if "origins" in c and not origins and not any(e.startswith(f"{path}.origins") for e in r.errors):
+        r.error(f"{path}.origins", "needs at least one origin (or '*')")
+    if "*" in origins and len(origins) > 1:
+        r.error(f"{path}.origins", "'*' must be the only origin")
+    methods = _names(r, c, "methods", path, method) if "methods" in c else ("GET", "HEAD", "POST")
+    credentials = r.get(c, "credentials", path, bool, False)
+    max_age = r.get(c, "max_age", path, float, 600.0)
+    if max_age is not None and not 0 <= max_age <= 86400:
+        r.error(f"{path}.max_age", f"must be between 0 and 86400 seconds, got {max_age}")
+    expose = _names(r, c, "expose", path, header)
+    return CorsOptions(origins, methods, _names(r, c, "headers", path, header), expose,
+                       bool(credentials), max_age if max_age is not None else 600.0)
+
+
+def _forward_auth(r, raw, path):
+    if raw is None:
+        return None
+    f = r.mapping(raw, path)
+    url = _http_url(r, r.get(f, "url", path, str), f"{path}.url")
+    if url is not None and not url.isascii():
+        r.error(f"{path}.url", "must be ASCII (punycode host, percent-encoded path)")
+        url = None
+
+    def header(value, where):
+        name = _header_name(r, value, where)
+        if name is not None and name.lower() == "host":
+            r.error(where, "Host cannot be copied from the authentication service")
+            return None
+        return name
+
+    names = _names(r, f, "response_headers", path, header)
+    timeout = r.get(f, "timeout", path, float, 5.0)
+    if timeout is not None and not 0 < timeout <= 300:
+        r.error(f"{path}.timeout", f"must be greater than 0 and at most 300 seconds, got {timeout}")
+    return ForwardAuthOptions(url or "", names, timeout or 5.0)
+
+
 def _positive(r, value, path):
     if value is not None and not value > 0:
         r.error(path, f"must be greater than 0, got {value}")
@@ -430,6 +532,11 @@ def _proxy_host(r, raw, path, seen):
         response_headers=response_headers,
         block_exploits=bool(r.get(h, "block_exploits", path, bool, False)),
         locations=tuple(locations),
+        security_headers=bool(r.get(h, "security_headers", path, bool, False)),
+        hide_upstream_identity=bool(r.get(h, "hide_upstream_identity", path, bool, False)),
+        cors=_cors(r, r.get(h, "cors", path, dict, None, allow_none=True), f"{path}.cors"),
+        forward_auth=_forward_auth(r, r.get(h, "forward_auth", path, dict, None, allow_none=True),
+                                   f"{path}.forward_auth"),
     )
 
 

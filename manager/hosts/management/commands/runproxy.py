@@ -29,11 +29,13 @@ def in_worker_thread(function):
     return call
 
 
-def report_status(revision, error, hosts=()):
-    """The engine's `on_status` hook (in a thread of the worker reporting)."""
+def report_status(revision, error, hosts=(), health=None):
+    """The engine's `on_status` hook (in a thread of the worker reporting). `health` is the
+    worker's upstream states ({host id: {"host:port": {state, since, reason}}}) or None when
+    the report carries none (the stored states are then kept)."""
     from manager.hosts.models import EngineNode
 
-    EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts)
+    EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts, health=health)
 
 
 def record_traffic(bucket_start, counts):
