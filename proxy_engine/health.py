@@ -48,6 +48,11 @@ def label(upstream):
     return f"[{host}]:{upstream.port}" if ":" in host else f"{host}:{upstream.port}"
 
 
+def request_target(path):
+    """The check's path as request-target bytes (non-ASCII characters percent-encoded as UTF-8)."""
+    return b"".join(b"%%%02X" % byte if byte >= 0x80 else bytes((byte,)) for byte in path.encode("utf-8"))
+
+
 class HealthState:
     __slots__ = ("registry", "upstream", "check", "passive", "up", "since", "reason", "active_up", "checked",
                  "ok_run", "fail_run", "failures", "passive_down", "_cooldown", "_timer", "_probe", "stopped")
@@ -236,7 +241,7 @@ class _Probe:
         upstream = self.state.upstream
         host = label(upstream).encode("ascii", "replace")
         head = b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\nConnection: close\r\n\r\n" % (
-            self.state.check.path.encode("ascii", "replace"), host, _USER_AGENT)
+            request_target(self.state.check.path), host, _USER_AGENT)
         conn.send(self, [head], self.state.check.timeout, False, False)
 
     def upstream_connect_failed(self, failure):

@@ -562,8 +562,8 @@ def _load_balancing(r, lb, path):
     if raw is not None:
         hp = f"{path}.health_check"
         hpath = r.get(raw, "path", hp, str)
-        if hpath is not None and (not hpath.startswith("/") or any(ord(c) <= 32 or ord(c) >= 127 for c in hpath)):
-            r.error(f"{hp}.path", "must start with / and be printable ASCII without spaces")
+        if hpath is not None and (not hpath.startswith("/") or any(ord(c) <= 32 or ord(c) == 127 for c in hpath)):
+            r.error(f"{hp}.path", "must start with / and contain no spaces or control characters")
             hpath = None
         interval = _seconds(r, r.get(raw, "interval", hp, float), f"{hp}.interval")
         timeout = _seconds(r, r.get(raw, "timeout", hp, float, 2.0), f"{hp}.timeout")

@@ -242,6 +242,7 @@ def test_load_balancing_keys_parse_with_defaults_for_old_documents():
 @pytest.mark.parametrize("lb, path", [
     ({"health_check": {"path": "health", "interval": 5}}, "load_balancing.health_check.path"),
     ({"health_check": {"path": "/a b", "interval": 5}}, "load_balancing.health_check.path"),
+    ({"health_check": {"path": "/a\x7f", "interval": 5}}, "load_balancing.health_check.path"),
     ({"health_check": {"path": "/", "interval": 0}}, "load_balancing.health_check.interval"),
     ({"health_check": {"path": "/"}}, "load_balancing.health_check.interval"),
     ({"health_check": {"path": "/", "interval": 5, "timeout": -1}}, "load_balancing.health_check.timeout"),

@@ -85,6 +85,15 @@ def test_probes_start_at_once_repeat_every_interval_and_send_a_get_with_host():
     assert len(rig.probes("10.0.3.1")) == 2
 
 
+def test_a_non_ascii_check_path_is_sent_percent_encoded():
+    from proxy_engine.health import request_target
+    assert request_target("/santé?x=1") == b"/sant%C3%A9?x=1"
+    rig = Rig(checked_doc(n=1, check={**CHECK, "path": "/état"}))
+    rig.reactor.advance(0)
+    sent, _ = rig.answer(0, b"HTTP/1.1 200 OK")
+    assert sent.startswith(b"GET /%C3%A9tat HTTP/1.1\r\n")
+
+
 def test_unhealthy_consecutive_failures_take_it_down_and_healthy_successes_bring_it_back():
     rig = Rig(checked_doc(n=1, check=CHECK))
     state = rig.state("10.0.3.1")
