@@ -132,12 +132,13 @@ def cookie_value(headers, name):
 class BalancedGroup:
     """Any policy, health-aware, optionally sticky (see the module docstring)."""
 
-    __slots__ = ("upstreams", "states", "policy", "counts", "weights", "_cycle", "_size", "_cursor", "_rng",
+    __slots__ = ("upstreams", "_addresses", "states", "policy", "counts", "weights", "_cycle", "_size", "_cursor", "_rng",
                  "_inflight", "_hash_keys", "cookie", "_tokens", "_by_token", "_cookie_tail")
     balanced = True
 
     def __init__(self, upstreams, policy=ROUND_ROBIN, states=None, inflight=None, sticky=None, host_id=0, rng=None):
         self.upstreams = tuple(upstreams)
+        self._addresses = tuple(u.address for u in self.upstreams)
         self.states = tuple(states) if states is not None else (None,) * len(self.upstreams)
         self.policy = policy
         self.counts = policy == LEAST_CONN     # exchanges must `release` (in-flight counting)
@@ -218,15 +219,14 @@ class BalancedGroup:
         if policy == LEAST_CONN:
             inflight = self._inflight
             weights = self.weights
-            start = (self._cursor + 1) % n
-            self._cursor = start
+            addresses = self._addresses
+            count = len(candidates)
+            self._cursor = start = (self._cursor + 1) % count      # ties rotate
             best = None
             best_load = best_weight = 0
-            for offset in range(n):
-                i = (start + offset) % n
-                if not self._available(i, tried):
-                    continue
-                load = inflight.get(self.upstreams[i].address, 0)
+            for offset in range(count):
+                i = candidates[(start + offset) % count]
+                load = inflight.get(addresses[i], 0)
                 if best is None or load * best_weight < best_load * weights[i]:
                     best, best_load, best_weight = i, load, weights[i]
             return best
