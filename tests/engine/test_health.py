@@ -330,6 +330,9 @@ def test_engine_round_robin_skips_a_killed_upstream_after_checks_and_takes_it_ba
     time.sleep(1.0)                                   # two failed checks at 0.2 s
     names = served_by(proc, 12)                       # no errors: b is skipped (or retried elsewhere)
     assert "b" not in names and set(names) == {"a", "c"}
+    for _ in range(6):                                # POSTs are never retried: only skipping b saves them
+        response, data = proc.request("POST", "/", body=b"x")
+        assert response.status == 200, data
     b.start("b")
     until(lambda: "b" in served_by(proc, 3))
 
@@ -341,18 +344,25 @@ def test_engine_passive_marking_and_retry_give_zero_client_errors_with_a_refusin
     proc = engine(engine_doc(1, ports, passive={"failures": 1, "window": 10.0, "cooldown": 30.0}))
     names = served_by(proc, 9)                        # the refusing one is retried elsewhere, then skipped
     assert set(names) == {"a", "c"}
-    response, data = proc.request("POST", "/", body=b"x")
-    assert response.status == 200                     # dead is passively down: not even tried
+    for _ in range(6):                                # dead is passively down: not even tried
+        response, data = proc.request("POST", "/", body=b"x")
+        assert response.status == 200, data
 
 
 def test_engine_does_not_retry_a_post_and_answers_502_when_all_are_down(backends, engine):
+    b = backends("a")
     dead1, dead2 = free_port(), free_port()
-    proc = engine(engine_doc(1, [dead1, dead2]))
+    proc = engine(engine_doc(1, [dead1, b.ports["a"]]))
+    statuses = [proc.request("POST", "/", body=b"payload")[0].status for _ in range(4)]
+    assert sorted(statuses) == [200, 200, 502, 502]   # the refused POSTs were not sent to "a"
+    assert [proc.request("GET", "/")[0].status for _ in range(4)] == [200] * 4     # GETs are retried
+    write_doc(proc.doc_path, engine_doc(2, [dead1, dead2]))
+    until(lambda: proc.request("GET", "/")[0].status == 502)
     response, data = proc.request("POST", "/", body=b"payload")
     assert response.status == 502 and b"connection refused" in data
     response, data = proc.request("GET", "/")         # retried on the other, which refuses too
     assert response.status == 502 and b"connection refused" in data
-    write_doc(proc.doc_path, engine_doc(2, [dead1, dead2], check=FAST_CHECK))
+    write_doc(proc.doc_path, engine_doc(3, [dead1, dead2], check=FAST_CHECK))
     until(lambda: b"no healthy upstream" in proc.request("GET", "/")[1], timeout=10)
     response, data = proc.request("GET", "/", headers={"Accept": "application/json"})
     assert response.status == 502 and json.loads(data)["error"] == "no healthy upstream"
