@@ -188,7 +188,7 @@ class H2Stream:
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
         "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
-        "is_head", "wants_json", "queued", "tried", "lb", "set_cookie",
+        "is_head", "wants_json", "queued", "tried", "lb", "set_cookie", "encoder",
     )
 
     def __init__(self, proto, stream_id, request_id, started):
@@ -232,6 +232,7 @@ class H2Stream:
         self.is_head = False
         self.wants_json = False
         self.queued = False          # body arrived during a corked upstream read: push at uncork
+        self.encoder = None          # a `compress` encoder while the response is being compressed
 
     # -- the exchange interface (proxy_engine.upstream) ---------------------------------
 
@@ -240,6 +241,11 @@ class H2Stream:
 
     def uncork(self):
         proto = self.proto
+        encoder = self.encoder
+        if encoder is not None and self.state is STREAMING:
+            data = encoder.flush()               # an upstream read of unknown length ends here
+            if data:
+                self._queue_encoded(data)
         proto.corked -= 1
         if self.queued:
             self.queued = False
@@ -306,7 +312,15 @@ class H2Stream:
         self.status = status
         self.state = STREAMING
         rules = self.rules and self.rules.response
-        headers = response_headers(status, conn.headers, self.request_id, conn.content_length, rules)
+        upstream_headers, length = conn.headers, conn.content_length
+        compression = self.route.compression
+        if compression is not None:      # response compression (proxy_engine.compress); a cache
+            # store must keep conn.headers (the identity representation), not these edits
+            upstream_headers, self.encoder = compression.response(
+                self.target, self.headers, self.is_head, status, upstream_headers, length, True)
+            if self.encoder is not None:
+                length = None
+        headers = response_headers(status, upstream_headers, self.request_id, length, rules)
         hsts = self.route.hsts
         if hsts and (rules is None or not rules.hsts):
             headers.append(header_pair(hsts))
@@ -316,6 +330,10 @@ class H2Stream:
         self.proto.h2.send_headers(self.stream_id, headers)
 
     def upstream_body(self, data):
+        if self.encoder is not None:     # (a cache tap must see `data` before this: identity bytes)
+            data = self.encoder.compress(data)
+            if not data:
+                return                   # buffered by the encoder; out at the flush (uncork) or the end
         self.bytes_out += len(data)
         self.out.append(data)
         self.out_size += len(data)
@@ -327,6 +345,12 @@ class H2Stream:
     def upstream_done(self, conn, reusable):
         if self.state is DONE:
             return
+        encoder = self.encoder
+        if encoder is not None:
+            self.encoder = None
+            data = encoder.finish()
+            if data:
+                self._queue_encoded(data)
         self._detach(abort=False)
         if reusable and self.complete and conn.state is not UPSTREAM_CLOSED:
             self.proto.pool.release(conn)
@@ -335,6 +359,13 @@ class H2Stream:
         self.state = ENDING
         self.proto.push(self)
         self.proto.send_pending()
+
+    def _queue_encoded(self, data):
+        """Queue compressed bytes produced outside `upstream_body` (a flush, the end)."""
+        self.bytes_out += len(data)
+        self.out.append(data)
+        self.out_size += len(data)
+        self.queued = True               # pushed at uncork (or by upstream_done's push)
 
     def upstream_failed(self, conn, failure):
         if self.state is DONE:

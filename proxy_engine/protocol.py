@@ -86,7 +86,7 @@ class Request:
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
         "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group",
-        "tried", "lb", "set_cookie",
+        "tried", "lb", "set_cookie", "encoder",
     )
 
     def __init__(self, request_id):
@@ -96,6 +96,7 @@ class Request:
         self.tried = None        # addresses whose connection failed (retries: balancer.retry_for)
         self.lb = None           # the group counting this exchange in flight (least_conn), to release
         self.set_cookie = b""    # a sticky session's Set-Cookie line for the response
+        self.encoder = None      # a `compress` encoder while the response is being compressed
         self.status = None       # what the client got (or 499: it left before the answer)
         self.target = b""
         self.headers = []
@@ -633,13 +634,21 @@ class ProxyProtocol(Protocol):
         status = conn.status
         request.responded = True
         request.status = status
+        headers, length = conn.headers, conn.content_length
+        compression = request.route.compression
+        if compression is not None:      # response compression (proxy_engine.compress); a cache
+            # store must keep conn.headers (the identity representation), not these edits
+            headers, request.encoder = compression.response(
+                request.target, request.headers, request.is_head, status, headers, length, request.version == b"1.1")
+            if request.encoder is not None:
+                length = None
         if request.is_head or status in (204, 304):
-            framing = b"Content-Length: %d\r\n" % conn.content_length if (
-                conn.content_length is not None and status != 204) else b""
+            framing = b"Content-Length: %d\r\n" % length if (
+                length is not None and status != 204) else b""
         elif status == 101:
             framing = b""
-        elif conn.content_length is not None:
-            framing = b"Content-Length: %d\r\n" % conn.content_length
+        elif length is not None:
+            framing = b"Content-Length: %d\r\n" % length
         elif request.version == b"1.1":
             framing = _CHUNKED
             request.chunk_out = True
@@ -655,12 +664,12 @@ class ProxyProtocol(Protocol):
             connection = _KEEP_ALIVE
         else:
             connection = b""
-        if status == 101 or conn.content_length is None or conn.content_length > _SMALL_BODY:
+        if status == 101 or length is None or length > _SMALL_BODY:
             self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
         rules = request.rules and request.rules.response
         head = client_response_head(
-            b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
+            b"HTTP/1.1 %d %s\r\n" % (status, reason), headers,
             b"X-Request-Id: %s\r\n%s%s%s" % (
                 request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing,
                 request.set_cookie),
@@ -670,6 +679,10 @@ class ProxyProtocol(Protocol):
 
     def upstream_body(self, data):
         request = self.active
+        if request.encoder is not None:  # (a cache tap must see `data` before this: identity bytes)
+            data = request.encoder.compress(data)
+            if not data:
+                return                   # buffered by the encoder; out at the flush (uncork) or the end
         request.bytes_out += len(data)
         if request.chunk_out:
             self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -680,6 +693,13 @@ class ProxyProtocol(Protocol):
         request = self.active
         if request is None:
             return
+        encoder = request.encoder
+        if encoder is not None:
+            request.encoder = None
+            data = encoder.finish()
+            if data:                     # (an empty chunk would end the body early)
+                request.bytes_out += len(data)
+                self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         if request.chunk_out:
             self._write(LAST_CHUNK)
         self._detach_upstream(request, abort=False)
@@ -875,6 +895,12 @@ class ProxyProtocol(Protocol):
     def uncork(self):
         corked = self.corked
         if corked is not None:
+            request = self.active
+            if request is not None and request.encoder is not None:
+                data = request.encoder.flush()       # an upstream read of unknown length ends here
+                if data:
+                    request.bytes_out += len(data)
+                    corked += (b"%x\r\n" % len(data), data, b"\r\n")
             self.corked = None
             if corked:
                 send(self.transport, corked[0] if len(corked) == 1 else b"".join(corked))

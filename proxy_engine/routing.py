@@ -20,6 +20,7 @@ the worker's `health.HealthRegistry`, which outlives snapshots).
 """
 from proxy_engine.access import AccessPolicy
 from proxy_engine.balancer import build_group
+from proxy_engine.compress import build_route_compression
 from proxy_engine.cors import build_cors
 from proxy_engine.forwardauth import ForwardAuth
 from proxy_engine.headerrules import build_route_rules
@@ -31,7 +32,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access", "cors", "forward_auth")
+                 "header_rules", "access", "cors", "forward_auth", "compression")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None, health=None):
@@ -52,6 +53,8 @@ class ProxyRoute:
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
         self.cors = build_cors(host.cors)          # `cors.CorsPolicy`, or None
         self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
+        # None when no path of the host compresses, else `compress.RouteCompression`.
+        self.compression = build_route_compression(host)
         # `balancer.UpstreamGroup` (plain round robin) or `BalancedGroup` (policies, health,
         # sticky); `health` is the worker's `health.HealthRegistry` (None: no health states).
         self.group = build_group(host, host.upstreams, health)

@@ -486,10 +486,7 @@ def _proxy_host(r, raw, path, seen):
     max_body = r.get(h, "max_body_size", path, int, None, allow_none=True)
     if max_body is not None and max_body < 0:
         r.error(f"{path}.max_body_size", f"must be 0 or more, got {max_body}")
-    compression = r.get(h, "compression", path, list, [])
-    for i, name in enumerate(compression):
-        if name not in ("gzip", "br", "zstd"):
-            r.error(f"{path}.compression[{i}]", f"unknown encoding {str(name)[:20]!r}")
+    compression = _compression(r, r.get(h, "compression", path, list, []), f"{path}.compression")
     request_headers, response_headers = _header_directions(r, r.get(h, "headers", path, dict, {}), f"{path}.headers")
     locations = []
     seen_paths = set()
@@ -509,7 +506,8 @@ def _proxy_host(r, raw, path, seen):
             cache=r.get(loc, "cache", lp, dict, None, allow_none=True),
             headers=_header_directions(r, r.get(loc, "headers", lp, dict, None, allow_none=True), f"{lp}.headers")
             if loc.get("headers") is not None else None,
-            compression=r.get(loc, "compression", lp, list, None, allow_none=True),
+            compression=_compression(r, r.get(loc, "compression", lp, list, None, allow_none=True),
+                                     f"{lp}.compression"),
             rate_limit=r.get(loc, "rate_limit", lp, dict, None, allow_none=True),
         ))
     return ProxyHost(
@@ -525,7 +523,7 @@ def _proxy_host(r, raw, path, seen):
         max_body_size=max_body,
         ssl=_ssl_options(r, r.get(h, "ssl", path, dict, None, allow_none=True), f"{path}.ssl"),
         access_list=r.get(h, "access_list", path, str, None, allow_none=True),
-        compression=tuple(compression or ()),
+        compression=compression or (),
         cache=r.get(h, "cache", path, dict, None, allow_none=True),
         rate_limit=r.get(h, "rate_limit", path, dict, None, allow_none=True),
         request_headers=request_headers,
@@ -599,6 +597,16 @@ def _load_balancing(r, lb, path):
         if cookie is not None and max_age is not None:
             sticky = Sticky(cookie, max_age)
     return health, passive, sticky
+
+
+def _compression(r, names, path):
+    """A compression list as a tuple of known encoding names (None stays None: inherit)."""
+    if names is None:
+        return None
+    for i, name in enumerate(names):
+        if name not in ("gzip", "br", "zstd"):
+            r.error(f"{path}[{i}]", f"unknown encoding {str(name)[:20]!r} (gzip, br or zstd)")
+    return tuple(names)
 
 
 def _ssl_options(r, raw, path):
