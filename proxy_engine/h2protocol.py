@@ -64,9 +64,11 @@ from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
-from proxy_engine.errors import CLIENT_ERRORS, ClientGone, error_body
+from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
+from proxy_engine.errors import CLIENT_ERRORS, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.fastio import send
 from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
+from proxy_engine.health import is_upstream_fault
 from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
@@ -186,7 +188,7 @@ class H2Stream:
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
         "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
-        "is_head", "wants_json", "queued", "encoder", "cache",
+        "is_head", "wants_json", "queued", "encoder", "cache", "tried", "lb", "set_cookie",
     )
 
     def __init__(self, proto, stream_id, request_id, started):
@@ -214,6 +216,9 @@ class H2Stream:
         self.rules = None            # the route's `RouteRules` for this path, when it has header rules
         self.group = None            # the route's `UpstreamGroup` for this path
         self.cache = None            # the `cache.CacheTap` on a cache-enabled location
+        self.tried = None            # addresses whose connection failed (retries: balancer.retry_for)
+        self.lb = None               # the group counting this exchange in flight (least_conn), to release
+        self.set_cookie = b""        # a sticky session's Set-Cookie line for the response
         self.upstream = None
         self.conn = None
         self.connector = None
@@ -282,10 +287,30 @@ class H2Stream:
     def upstream_connect_failed(self, failure):
         self.connector = None
         if self.state is not DONE:
+            if self._retry(failure):
+                return
             if self.cache is not None and self.cache.connect_failed(failure):
                 return                   # a stale entry answered (stale-if-error)
             self._upstream_error(failure)
             self.proto.send_pending()
+
+    def _retry(self, failure):
+        """A connection attempt failed (health learns of it): try another upstream of the
+        group if the request is idempotent and sent no body (balancer.retry_for)."""
+        group = self.group
+        group.failed(self.upstream, failure)
+        if self.responded or not retryable(self.method, self.body_bytes):
+            return False
+        if self.tried is None:
+            self.tried = set()
+        upstream, cookie = retry_for(group, self.upstream, self.headers, self.tried)
+        if upstream is None:
+            return False
+        self.upstream = upstream
+        if cookie:
+            self.set_cookie = cookie
+        self.connector = self.proto.pool.acquire(upstream, self.route.timeouts.connect, self)
+        return True
 
     def upstream_head(self, conn):
         status = conn.status
@@ -305,6 +330,8 @@ class H2Stream:
         hsts = self.route.hsts
         if hsts and (rules is None or not rules.hsts):
             headers.append(header_pair(hsts))
+        if self.set_cookie:
+            headers.append(header_pair(self.set_cookie))
         self.bytes_out += sum(len(n) + len(v) + 4 for n, v in headers)
         self.proto.h2.send_headers(self.stream_id, headers)
 
@@ -356,6 +383,11 @@ class H2Stream:
             self.retried = True
             self.connector = self.proto.pool.connect(self.upstream, self.route.timeouts.connect, self)
             return
+        if not self.responded and not conn.got_bytes and isinstance(failure, TlsHandshakeFailed):
+            if self._retry(failure):
+                return
+        elif is_upstream_fault(failure):
+            self.group.failed(self.upstream, failure)
         self._upstream_error(failure)
         self.proto.send_pending()
 
@@ -485,7 +517,19 @@ class H2Stream:
     def _connect(self, route):
         """Pick an upstream of the stream's group and get a connection to it."""
         proto = self.proto
-        self.upstream = upstream = self.group.pick()
+        group = self.group
+        if group.balanced:           # policies, health, sticky (proxy_engine.balancer)
+            router = self.router
+            upstream, self.set_cookie = choose_for(group, self.headers, proto.peer, proto.client_ip,
+                                                   proto.is_trusted(router), router.trusts)
+            if upstream is None:
+                self._upstream_error(NoHealthyUpstream())
+                return
+            if group.counts:
+                self.lb = group
+            self.upstream = upstream
+        else:
+            self.upstream = upstream = group.pick()
         if not self.complete and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in self.headers):
             proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
         self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
@@ -918,6 +962,10 @@ class H2Protocol(Protocol):
             return
         factory = self.factory
         factory.active -= 1
+        lb = stream.lb
+        if lb is not None:               # least_conn: the exchange is no longer in flight
+            stream.lb = None
+            lb.release(stream.upstream)
         traffic = factory.traffic
         if traffic is not None:
             route = stream.route

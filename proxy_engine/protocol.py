@@ -45,11 +45,13 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
+from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
 from proxy_engine.cache import ResponseCache
-from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, error_body
+from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
 from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
+from proxy_engine.health import HealthRegistry, is_upstream_fault
 from proxy_engine.headers import (LAST_CHUNK, accept_client, client_response_head, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
@@ -85,12 +87,16 @@ class Request:
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
         "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group", "encoder", "cache",
+        "tried", "lb", "set_cookie",
     )
 
     def __init__(self, request_id):
         self.request_id = request_id
         self.rules = None        # the route's `RouteRules` for this path, when it has header rules
         self.group = None        # the route's `UpstreamGroup` for this path (proxied requests)
+        self.tried = None        # addresses whose connection failed (retries: balancer.retry_for)
+        self.lb = None           # the group counting this exchange in flight (least_conn), to release
+        self.set_cookie = b""    # a sticky session's Set-Cookie line for the response
         self.encoder = None      # a `compress` encoder while the response is being compressed
         self.cache = None        # the `cache.CacheTap` on a cache-enabled location
         self.status = None       # what the client got (or 499: it left before the answer)
@@ -131,13 +137,15 @@ class ProxyFactory(Factory):
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
                  idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None,
-                 access_log=None, https_port=None, traffic=None, cache=None, cache_dir=None):
+                 access_log=None, https_port=None, traffic=None, cache=None, cache_dir=None, health=None):
         self.reactor = reactor
         self.traffic = traffic           # proxy_engine.traffic.TrafficCounter, or None (off)
         self.https_port = https_port     # served HTTPS port: force-HTTPS redirects (http factory only)
         self.access_log = access_log     # proxy_engine.accesslog.AccessLog, or None (off)
         self.auth_client = None          # proxy_engine.forwardauth.AuthClient, made on first use
         self.pool = pool if pool is not None else UpstreamPool(reactor)
+        # Health states and in-flight counts: per worker, shared like the pool (proxy_engine.health).
+        self.health = health if health is not None else HealthRegistry(reactor, self.pool)
         self.events = events if events is not None else NullSink()
         self.request_ids = request_ids if request_ids is not None else RequestIds()
         self.scheme = scheme
@@ -154,7 +162,8 @@ class ProxyFactory(Factory):
             reactor, directory=cache_dir, run_in_thread=lambda f, *a: self.run_in_thread(f, *a))
 
     def swap(self, snapshot):
-        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread)
+        self.health.update(snapshot)
+        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread, self.health)
         self.cache.swap(snapshot, router, self.scheme)
         self.router = router
         addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
@@ -497,7 +506,20 @@ class ProxyProtocol(Protocol):
 
     def _connect(self, request, route):
         """Pick an upstream of the request's group and get a connection to it."""
-        request.upstream = request.group.pick()
+        group = request.group
+        if group.balanced:           # policies, health, sticky (proxy_engine.balancer)
+            if self.trusted_for is not request.router:
+                self.trusted, self.trusted_for = request.router.trusts(self.peer), request.router
+            upstream, request.set_cookie = choose_for(group, request.headers, self.peer, self.client_ip,
+                                                      self.trusted, request.router.trusts)
+            if upstream is None:
+                self._upstream_error(request, NoHealthyUpstream())
+                return
+            if group.counts:
+                request.lb = group
+            request.upstream = upstream
+        else:
+            request.upstream = group.pick()
         if request.expect_continue and not request.complete:
             self._write(_CONTINUE)
         request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
@@ -606,9 +628,29 @@ class ProxyProtocol(Protocol):
         request = self.active
         if request is not None:
             request.connector = None
+            if self._retry(request, failure):
+                return
             if request.cache is not None and request.cache.connect_failed(failure):
                 return                   # a stale entry answered (stale-if-error)
             self._upstream_error(request, failure)
+
+    def _retry(self, request, failure):
+        """A connection attempt failed (health learns of it): try another upstream of the
+        group if the request is idempotent and sent no body (balancer.retry_for)."""
+        group = request.group
+        group.failed(request.upstream, failure)
+        if request.responded or not retryable(request.method, request.body_bytes) or self.state is CLOSED:
+            return False
+        if request.tried is None:
+            request.tried = set()
+        upstream, cookie = retry_for(group, request.upstream, request.headers, request.tried)
+        if upstream is None:
+            return False
+        request.upstream = upstream
+        if cookie:
+            request.set_cookie = cookie
+        request.connector = self.pool.acquire(upstream, request.route.timeouts.connect, self)
+        return True
 
     def upstream_head(self, conn):
         request = self.active
@@ -651,8 +693,9 @@ class ProxyProtocol(Protocol):
         rules = request.rules and request.rules.response
         head = client_response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, reason), headers,
-            b"X-Request-Id: %s\r\n%s%s" % (
-                request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing),
+            b"X-Request-Id: %s\r\n%s%s%s" % (
+                request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing,
+                request.set_cookie),
             connection, rules)
         request.bytes_out += len(head)
         self._write(head)
@@ -700,6 +743,11 @@ class ProxyProtocol(Protocol):
             request.retried = True
             request.connector = self.pool.connect(request.upstream, request.route.timeouts.connect, self)
             return
+        if not request.responded and not conn.got_bytes and isinstance(failure, TlsHandshakeFailed):
+            if self._retry(request, failure):
+                return
+        elif is_upstream_fault(failure):
+            request.group.failed(request.upstream, failure)
         self._upstream_error(request, failure)
 
     def _pair(self, request, conn):
@@ -842,6 +890,10 @@ class ProxyProtocol(Protocol):
     def _log(self, request, status):
         """One access log entry (see `proxy_engine.accesslog` for the tuple's fields), and
         the request counted for its proxy host (`proxy_engine.traffic`)."""
+        lb = request.lb
+        if lb is not None:               # least_conn: the exchange is no longer in flight
+            request.lb = None
+            lb.release(request.upstream)
         factory = self.factory
         traffic = factory.traffic
         if traffic is not None:

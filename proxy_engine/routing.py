@@ -15,10 +15,11 @@ authorization (bytes) for a published token, None for any other path under
 `/.well-known/acme-challenge/` (a 404), and `NOT_ACME` for every other path.
 
 The Router and its routes are owned by one snapshot and never mutated after build, apart
-from the round-robin cursors inside each group.
+from the round-robin cursors inside each group (health states and in-flight counts live in
+the worker's `health.HealthRegistry`, which outlives snapshots).
 """
 from proxy_engine.access import AccessPolicy
-from proxy_engine.balancer import UpstreamGroup
+from proxy_engine.balancer import build_group
 from proxy_engine.compress import build_route_compression
 from proxy_engine.cors import build_cors
 from proxy_engine.forwardauth import ForwardAuth
@@ -34,7 +35,7 @@ class ProxyRoute:
                  "header_rules", "access", "cors", "forward_auth", "compression", "cache")
     kind = "proxy"
 
-    def __init__(self, host, scheme=b"http", https_port=None, tls=None):
+    def __init__(self, host, scheme=b"http", https_port=None, tls=None, health=None):
         self.host = host
         # Plain HTTP with force_https and a servable certificate: b"" or b":port" for the
         # 301 to https; else None. HTTPS with hsts: the header line, else b"".
@@ -55,10 +56,12 @@ class ProxyRoute:
         # None when no path of the host compresses, else `compress.RouteCompression`.
         self.compression = build_route_compression(host)
         self.cache = None        # `cache.CachePolicy` when the host caches, set by `ResponseCache.swap`
-        self.group = UpstreamGroup(host.upstreams)
+        # `balancer.UpstreamGroup` (plain round robin) or `BalancedGroup` (policies, health,
+        # sticky); `health` is the worker's `health.HealthRegistry` (None: no health states).
+        self.group = build_group(host, host.upstreams, health)
         locations = []
         for loc in host.locations:
-            group = UpstreamGroup(loc.upstreams) if loc.upstreams else self.group
+            group = build_group(host, loc.upstreams, health) if loc.upstreams else self.group
             locations.append((loc.path.encode("ascii"), group))
         locations.sort(key=lambda item: len(item[0]), reverse=True)
         self.locations = tuple(locations)
@@ -113,7 +116,7 @@ def normalize_host(raw):
 class Router:
     __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default", "acme")
 
-    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None):
+    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None, health=None):
         exact = {}
         wildcard = {}
 
@@ -129,7 +132,7 @@ class Router:
             if host.access_list and host.access_list not in policies:
                 add(host.domains, closed)    # fail closed: a missing access list must not leave the host open
                 continue
-            route = ProxyRoute(host, scheme, https_port, snapshot.tls)
+            route = ProxyRoute(host, scheme, https_port, snapshot.tls, health)
             if host.access_list:
                 route.access = policies[host.access_list]
             add(host.domains, route)

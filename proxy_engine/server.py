@@ -22,7 +22,8 @@ and the access log with the plain one (which gets the HTTPS port for force-HTTPS
 the reactor's thread pool (see `proxy_engine.reload`). So does `record_upstream_errors(events,
 dropped)`, the writer of the upstream error sink (`proxy_engine.events`), when given; what
 is still buffered is written after the drain, before the worker exits. So does
-`on_status(revision, error, hosts)`, the worker's status report (`ConfigWatcher`).
+`on_status(revision, error, hosts, health)`, the worker's status report (`ConfigWatcher`;
+`health` is the worker's `HealthRegistry.report()`, sent again soon after an upstream flips).
 """
 import ctypes
 import logging
@@ -114,7 +115,8 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
                            https_port=https_port if serve_https else None)
     factories = [factory]
     if serve_https:
-        secure = ProxyFactory(reactor, pool=factory.pool, scheme=b"https", events=events, cache=factory.cache,
+        secure = ProxyFactory(reactor, pool=factory.pool, health=factory.health, scheme=b"https", events=events,
+                              cache=factory.cache,
                               request_ids=factory.request_ids, access_log=requests_log,
                               traffic=traffic)
         secure.h2_protocol_class = _h2_protocol_class() if tls_server.h2_enabled else None
@@ -131,7 +133,9 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
             f.swap(snapshot)
 
     watcher = ConfigWatcher(reactor, load_document, current_revision, swap, parse=parse,
-                            redis_url=redis_url, poll_interval=poll_interval, on_status=on_status)
+                            redis_url=redis_url, poll_interval=poll_interval, on_status=on_status,
+                            health=factory.health.report)
+    factory.health.on_change = watcher.health_changed
     ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
     log.info("engine worker %s listening on %s port %s", os.getpid(), ", ".join(addresses), http_port)
     if serve_https:
@@ -141,6 +145,7 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
     if traffic is not None:
         reactor.callWhenRunning(traffic.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", factory.health.stop)
     reactor.addSystemEventTrigger(
         "before", "shutdown",
         lambda: _drain(reactor, factories, ports, drain_timeout).addCallback(lambda _: events.stop())

@@ -46,14 +46,14 @@ class Upstream:
     weight: int = 1
     verify: bool = True          # https only: False = no certificate verification
     ca_pem: str | None = None    # https only: trust these CAs instead of the system's
+    # The key of state that outlives snapshots (connection pools, health); an https address
+    # includes its TLS options, so differently verified connections are never shared.
+    # Computed once here: it is read on every request (pool, balancer).
+    address: tuple = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self):
-        """The key of state that outlives snapshots (connection pools); an https address
-        includes its TLS options, so differently verified connections are never shared."""
-        if self.scheme == "http":
-            return ("http", self.host, self.port)
-        return (self.scheme, self.host, self.port, self.verify, self.ca_pem)
+    def __post_init__(self):
+        object.__setattr__(self, "address", ("http", self.host, self.port) if self.scheme == "http"
+                           else (self.scheme, self.host, self.port, self.verify, self.ca_pem))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,33 @@ class CacheOptions:
 class CacheSettings:
     memory_bytes: int = 64 << 20
     disk_bytes: int = 0          # 0 = no disk tier
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active check: GET `path` every `interval` s (bounded by `timeout`); a status within
+    `expect` (inclusive) is a success; `healthy` / `unhealthy` consecutive results flip it."""
+    path: str = "/"
+    interval: float = 10.0
+    timeout: float = 2.0
+    expect: tuple = (200, 399)
+    healthy: int = 2
+    unhealthy: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveCheck:
+    """`failures` failed exchanges within `window` s mark an upstream down for `cooldown` s."""
+    failures: int = 3
+    window: float = 10.0
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Sticky sessions by cookie; `max_age` 0 = a session cookie."""
+    cookie: str = "gh_sticky"
+    max_age: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +162,9 @@ class ProxyHost:
     domains: tuple
     upstreams: tuple
     policy: str = "round_robin"
-    health_check: object = None
+    health_check: object = None      # HealthCheck or None
+    passive: object = None           # PassiveCheck or None
+    sticky: object = None            # Sticky or None
     websockets: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_size: int | None = None
@@ -463,13 +492,7 @@ def _proxy_host(r, raw, path, seen):
     policy = r.get(lb, "policy", f"{path}.load_balancing", str, "round_robin")
     if policy not in POLICIES:
         r.error(f"{path}.load_balancing.policy", f"must be one of {', '.join(POLICIES)}, got {policy!r}")
-    health = r.get(lb, "health_check", f"{path}.load_balancing", dict, None, allow_none=True)
-    if health is not None:
-        hp = f"{path}.load_balancing.health_check"
-        hpath = r.get(health, "path", hp, str)
-        if hpath is not None and not hpath.startswith("/"):
-            r.error(f"{hp}.path", "must start with /")
-        _positive(r, r.get(health, "interval", hp, float), f"{hp}.interval")
+    health, passive, sticky = _load_balancing(r, lb, f"{path}.load_balancing")
     tp = f"{path}.timeouts"
     t = r.mapping(r.get(h, "timeouts", path, dict, {}), tp)
     timeouts = Timeouts(
@@ -509,6 +532,8 @@ def _proxy_host(r, raw, path, seen):
         upstreams=upstreams,
         policy=policy or "round_robin",
         health_check=health,
+        passive=passive,
+        sticky=sticky,
         websockets=bool(r.get(h, "websockets", path, bool, False)),
         timeouts=timeouts,
         max_body_size=max_body,
@@ -528,6 +553,67 @@ def _proxy_host(r, raw, path, seen):
         forward_auth=_forward_auth(r, r.get(h, "forward_auth", path, dict, None, allow_none=True),
                                    f"{path}.forward_auth"),
     )
+
+
+def _seconds(r, value, path):
+    """A duration > 0 and at most a day (None if not)."""
+    if value is not None and not 0 < value <= 86400:
+        r.error(path, f"must be more than 0 and at most 86400 seconds, got {value}")
+        return None
+    return value
+
+
+def _int_in(r, value, path, low, high):
+    if value is not None and not low <= value <= high:
+        r.error(path, f"{value} out of range {low}-{high}")
+        return None
+    return value
+
+
+def _load_balancing(r, lb, path):
+    """(HealthCheck | None, PassiveCheck | None, Sticky | None) of a `load_balancing` mapping."""
+    health = passive = sticky = None
+    raw = r.get(lb, "health_check", path, dict, None, allow_none=True)
+    if raw is not None:
+        hp = f"{path}.health_check"
+        hpath = r.get(raw, "path", hp, str)
+        if hpath is not None and (not hpath.startswith("/") or any(ord(c) <= 32 or ord(c) == 127 for c in hpath)):
+            r.error(f"{hp}.path", "must start with / and contain no spaces or control characters")
+            hpath = None
+        interval = _seconds(r, r.get(raw, "interval", hp, float), f"{hp}.interval")
+        timeout = _seconds(r, r.get(raw, "timeout", hp, float, 2.0), f"{hp}.timeout")
+        expect = r.get(raw, "expect", hp, list, [200, 399])
+        if expect is not None and (len(expect) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in expect)
+                or expect[0] > expect[1]):
+            r.error(f"{hp}.expect", f"must be [lowest, highest] statuses within 100-599, got {str(expect)[:40]}")
+            expect = None
+        healthy = _int_in(r, r.get(raw, "healthy", hp, int, 2), f"{hp}.healthy", 1, 100)
+        unhealthy = _int_in(r, r.get(raw, "unhealthy", hp, int, 3), f"{hp}.unhealthy", 1, 100)
+        if None not in (hpath, interval, timeout, expect, healthy, unhealthy):
+            health = HealthCheck(hpath, interval, timeout, tuple(expect), healthy, unhealthy)
+    raw = r.get(lb, "passive", path, dict, None, allow_none=True)
+    if raw is not None:
+        pp = f"{path}.passive"
+        failures = _int_in(r, r.get(raw, "failures", pp, int, 3), f"{pp}.failures", 1, 1000)
+        window = _seconds(r, r.get(raw, "window", pp, float, 10.0), f"{pp}.window")
+        cooldown = _seconds(r, r.get(raw, "cooldown", pp, float, 30.0), f"{pp}.cooldown")
+        if None not in (failures, window, cooldown):
+            passive = PassiveCheck(failures, window, cooldown)
+    raw = r.get(lb, "sticky", path, dict, None, allow_none=True)
+    if raw is not None:
+        sp = f"{path}.sticky"
+        cookie = r.get(raw, "cookie", sp, str, "gh_sticky")
+        if cookie is not None and (not _HEADER_NAME.match(cookie) or len(cookie) > 64):
+            r.error(f"{sp}.cookie", f"{cookie[:40]!r} is not a cookie name (1-64 token characters)")
+            cookie = None
+        max_age = r.get(raw, "max_age", sp, float, 0.0)
+        if max_age is not None and not 0 <= max_age <= 10 * 365 * 86400:
+            r.error(f"{sp}.max_age", f"must be 0 (session) to 10 years in seconds, got {max_age}")
+            max_age = None
+        if cookie is not None and max_age is not None:
+            sticky = Sticky(cookie, max_age)
+    return health, passive, sticky
 
 
 def _compression(r, names, path):
