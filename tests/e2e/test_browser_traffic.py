@@ -83,6 +83,57 @@ def health_row(page, server):
     return page.locator(f"#upstream-health tr:has(code:text-is('{url(server)}'))")
 
 
+def test_load_balancing_form_and_the_upstream_health_panel(page, live_server, engine, upstreams):
+    a, b = upstreams["a"], upstreams["b"]
+
+    # The form: two upstreams, a policy and an active health check.
+    page.click("nav >> text=Proxy hosts")
+    page.click("text=Add a proxy host")
+    page.fill("#id_domains", HOST)
+    page.fill("#id_upstreams", f"{url(a)}\n{url(b)}")
+    page.select_option("#id_lb_policy", "round_robin")
+    page.fill("#id_health_check_path", "/health")
+    page.fill("#id_health_check_interval", "1s")
+    page.fill("#id_health_check_healthy", "1")
+    page.fill("#id_health_check_unhealthy", "2")
+    page.click("main button[type=submit]")
+    page.wait_for_selector(f"text={HOST} saved")
+    host = ProxyHost.objects.get(domains=[HOST])
+    assert host.lb_policy == "round_robin"
+    assert (host.health_check["path"], host.health_check["interval"]) == ("/health", 1.0)
+
+    # The engine serves it from both upstreams, and checks both.
+    engine.wait_for(lambda response, body: response.status == 200, timeout=15, host=HOST, path="/ready")
+    answers = [served_by(engine, f"/item/{i}") for i in range(4)]
+    assert sorted(answers) == ["a", "a", "b", "b"], answers
+    wait_until(lambda: len(a.probes) >= 1 and len(b.probes) >= 1, 15, "the engine's health checks on both upstreams")
+
+    # The status page's panel: both up.
+    page.goto(f"{live_server.url}/hosts/{host.pk}/status/")
+    for server in (a, b):
+        row = health_row(page, server)
+        wait_until(lambda: reload_until(page, row, ".badge.ok"), 20, f"the panel to show {url(server)} up")
+        assert "up on 1 of 1 node" in row.inner_text()
+
+    # b is killed: the panel turns it down on its own (htmx refresh), a stays up.
+    kill(b)
+    health_row(page, b).locator(".badge.err").wait_for(timeout=(PANEL_REFRESH + 15) * 1000)
+    assert "health check failed" in health_row(page, b).inner_text()
+    assert health_row(page, a).locator(".badge.ok").count() == 1
+    before = len(seen(a))
+    assert [served_by(engine, f"/after/{i}") for i in range(4)] == ["a"] * 4
+    assert [e["path"] for e in seen(a)[before:]] == [f"/after/{i}" for i in range(4)]
+
+
+def reload_until(page, row, selector):
+    """The panel as the page renders it now (a fresh load, not waiting for htmx)."""
+    if row.locator(selector).count():
+        return True
+    page.wait_for_timeout(250)
+    page.reload()
+    return False
+
+
 def test_cache_section_hits_and_the_purge_button(page, live_server, engine, upstreams):
     a = upstreams["a"]
     page.click("nav >> text=Proxy hosts")

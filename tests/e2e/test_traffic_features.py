@@ -252,3 +252,61 @@ def test_cache_hit_then_purge_from_the_dashboard_makes_the_next_request_a_miss(w
     again, again_body = get(world, "cache", "/cached/photo")
     assert again.getheader("X-Cache-Status") == "HIT" and again_body == body
     assert len(seen(upstream, "/cached/photo")) == 2
+
+
+# -- load balancing and active health checks ---------------------------------------------
+
+def reported_health(django_db_blocker, host):
+    """What the engine process last reported for `host`'s upstreams ({"host:port": state})."""
+    with django_db_blocker.unblock():
+        states = {}
+        for node in EngineNode.live():
+            states.update((node.upstream_health or {}).get(str(host.pk)) or {})
+        return {name: entry["state"] for name, entry in states.items()}
+
+
+def served_by(response, body):
+    return json.loads(body)["server"] if response.status == 200 and body.startswith(b"{") else response.status
+
+
+def test_load_balancing_spreads_skips_a_killed_upstream_and_answers_502_when_none_is_healthy(
+        world, django_db_blocker):
+    a, b = world["servers"]["lb_a"], world["servers"]["lb_b"]
+    host = world["hosts"]["lb"]
+    name_a, name_b = (f"127.0.0.1:{s.server_address[1]}" for s in (a, b))
+    wait_until(lambda: len(a.probes) >= 1 and len(b.probes) >= 1, 15, "the engine's /health probes on both upstreams")
+
+    # Both up: round robin alternates between them.
+    before_a, before_b = len(seen(a)), len(seen(b))
+    answers = [served_by(*get(world, "lb", f"/item/{i}")) for i in range(8)]
+    assert sorted(answers) == ["lb_a"] * 4 + ["lb_b"] * 4, answers
+    assert len(seen(a)) - before_a == 4 and len(seen(b)) - before_b == 4
+    wait_until(lambda: reported_health(django_db_blocker, host) == {name_a: "up", name_b: "up"}, 15,
+               "the engine to report both upstreams up")
+
+    # b is killed: its checks fail, the engine reports it down and sends everything to a.
+    kill(b)
+    wait_until(lambda: reported_health(django_db_blocker, host).get(name_b) == "down", 15,
+               "the engine to report the killed upstream down")
+    before_a = len(seen(a))
+    answers = [served_by(*get(world, "lb", f"/after/{i}")) for i in range(6)]
+    assert answers == ["lb_a"] * 6
+    assert [e["path"] for e in seen(a)[before_a:]] == [f"/after/{i}" for i in range(6)]
+    assert reported_health(django_db_blocker, host)[name_a] == "up"
+
+    # b comes back on its port: one passing check brings it back into rotation.
+    revived = serve(Recording, "lb_b", port=b.server_address[1])
+    world["servers"]["lb_b_revived"] = revived
+    wait_until(lambda: reported_health(django_db_blocker, host).get(name_b) == "up", 15,
+               "the engine to report the revived upstream up")
+    answers = [served_by(*get(world, "lb", f"/back/{i}")) for i in range(4)]
+    assert sorted(answers) == ["lb_a"] * 2 + ["lb_b"] * 2, answers
+    assert [e["path"] for e in seen(revived)] == [f"/back/{i}" for i, name in enumerate(answers) if name == "lb_b"]
+
+    # Both killed: once the checks say so, 502 "no healthy upstream" without a connection attempt.
+    kill(a)
+    kill(revived)
+    wait_until(lambda: reported_health(django_db_blocker, host) == {name_a: "down", name_b: "down"}, 15,
+               "the engine to report both upstreams down")
+    response, body = get(world, "lb", "/none")
+    assert response.status == 502 and b"no healthy upstream" in body, body[:300]
