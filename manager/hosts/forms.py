@@ -117,11 +117,11 @@ def _choices_for(user, kind, model, current):
     return queryset.distinct()
 
 
-def upstream_lines(entries):
-    """Stored upstreams as the lines of an upstreams field: `url weight=N verify=false`
-    (what an export writes; a CA certificate is not shown, see `upstream_items`)."""
+def upstream_lines(exported):
+    """Upstreams as an export writes them, as the lines of an upstreams field: `url weight=N
+    verify=false` (a CA certificate is not shown, see `upstream_items`)."""
     result = []
-    for entry in exporter.upstreams(entries):
+    for entry in exported:
         if isinstance(entry, dict):
             options = [f"weight={entry['weight']}"] if "weight" in entry else []
             options += ["verify=false"] if entry.get("verify") is False else []
@@ -461,7 +461,7 @@ class ProxyHostForm(SchemaForm):
         exported = exporter._proxy_host(host)
         balancing = exported["load_balancing"]
         initial = {
-            "domains": "\n".join(host.domains), "upstreams": upstream_lines(host.upstreams), "enabled": host.enabled,
+            "domains": "\n".join(host.domains), "upstreams": upstream_lines(exporter.upstreams(host.upstreams)), "enabled": host.enabled,
             "websockets": host.websockets,
             "certificate": host.certificate_id, "force_https": host.force_https, "http2": host.http2, "hsts": host.hsts,
             "hsts_subdomains": host.hsts_subdomains, "hsts_preload": host.hsts_preload, "access_list": host.access_list_id,
