@@ -191,9 +191,7 @@ class LocationForm(forms.Form):
                                             widget=forms.CheckboxSelectMultiple, label="Encodings",
                                             help_text="With none ticked, the same as Off.")
     rate_mode = forms.ChoiceField(
-        choices=[INHERIT, ("custom", "Its own limit")], initial="inherit", required=False, label="Rate limit",
-        help_text="A location cannot turn the host's limit off (the configuration format has no such setting): "
-                  "give it its own, higher limit instead.")
+        choices=[INHERIT, ("custom", "Its own limit")], initial="inherit", required=False, label="Rate limit")
     rate_requests = forms.CharField(required=False, label="Rate limit: requests")
     rate_per = forms.CharField(required=False, label="Rate limit: per", help_text="e.g. 1s (the default), 1m.")
     rate_burst = forms.CharField(required=False, label="Rate limit: burst", help_text="Default 0.")
