@@ -123,6 +123,15 @@ def test_the_blank_row_follows_the_rows_on_the_page_and_needs_the_manage_right(a
     assert as_user(user("viewer", "view")).get("/hosts/location-row/").status_code == 403
 
 
+def test_row_indexes_that_are_not_small_numbers_are_ignored(admin):
+    page = admin.get("/hosts/location-row/", {"locations-index": ["²", "-1", "x", "9999999", "2"]}).content.decode()
+    assert 'name="locations-3-path"' in page
+    data = form_data({"path": "/api/"})
+    data["locations-index"] += ["²", "-1", "9999999"]
+    assert admin.post("/hosts/add/", data).status_code == 302
+    assert list(Location.objects.values_list("path", flat=True)) == ["/api/"]
+
+
 def test_the_edit_page_shows_each_location_as_a_row(admin):
     item = host(compression=["gzip"])
     Location.objects.create(proxy_host=item, position=0, path="/api/", cache={"enabled": False, "default_ttl": 0.0},
@@ -244,12 +253,13 @@ def test_a_post_without_the_rows_editor_keeps_the_saved_locations(admin):
     ({"path": "/a/"}, "path", "locations[1].path: location /a/ is listed twice"),
     ({"upstreams": "http://10.0.1.9"}, "path", "locations[1].path: required key is missing"),
     ({"path": "/b/", "upstreams": "ftp://10.0.1.9"}, "upstreams", "locations[1].upstreams[0]: "),
-    ({"path": "/b/", "upstreams": "http://10.0.1.9 speed=2"}, "upstreams", "unknown option 'speed=2'"),
+    ({"path": "/b/", "upstreams": "http://10.0.1.9 speed=2"}, "upstreams",
+     "locations[1].upstreams: http://10.0.1.9 speed=2: unknown option 'speed=2'"),
     ({"path": "/b/", "rate_mode": "custom", "rate_per": "1s"}, "rate_requests",
      "locations[1].rate_limit.requests: required key is missing"),
     ({"path": "/b/", "rate_mode": "custom", "rate_requests": "ten"}, "rate_requests", "locations[1].rate_limit.requests"),
     ({"path": "/b/", "rate_mode": "custom", "rate_requests": "1", "rate_key": "header"}, "rate_key_header",
-     "name the header"),
+     "locations[1].rate_limit.key: name the header"),
     ({"path": "/b/", "headers_mode": "custom", "headers": "request: {set: {'Bad Header': x}}"}, "headers",
      "locations[1].headers.request.set.Bad Header: invalid header name"),
     ({"path": "/b/", "headers_mode": "custom", "headers": "request: [unclosed"}, "headers", "YAML syntax error"),

@@ -22,7 +22,7 @@ from .models import DeadHost, Location, ProxyHost, RedirectionHost, Stream
 
 LINES_HELP = "One per line."
 UPSTREAMS_HELP = ("One per line: http://10.0.1.10:3000, optionally followed by weight=N (1-1000) "
-                  "and, for https upstreams, verify=false.")
+                  "and, for https upstreams, verify=false (a CA certificate set in the configuration file is kept).")
 HEADERS_HELP = ("YAML, as under headers: in the configuration file, e.g.\n"
                 "request: {set: {X-Real-Host: example.com}, remove: [X-Debug]}\n"
                 "response: {set: {X-Frame-Options: DENY}, add: {Link: '</a.css>; rel=preload'}, remove: [Server]}")
@@ -180,7 +180,8 @@ class LocationForm(forms.Form):
                            help_text="A path prefix, e.g. /api/; the longest matching prefix wins.")
     upstreams = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Upstreams",
                                 help_text="Empty = the host's upstreams. " + UPSTREAMS_HELP)
-    cache_mode = forms.ChoiceField(choices=[INHERIT, ("off", "Off"), ("on", "On")], initial="inherit", required=False, label="Cache")
+    cache_mode = forms.ChoiceField(choices=[INHERIT, ("off", "Off"), ("on", "On")], initial="inherit", required=False,
+                                   label="Cache")
     cache_ttl = forms.CharField(required=False, label="Cache default TTL",
                                 help_text="For responses that say nothing, e.g. 5m; empty = 0.")
     cache_stale_if_error = forms.CharField(required=False, label="Serve stale on error",
@@ -249,11 +250,13 @@ class LocationForm(forms.Form):
         return (not str(self.value("path")).strip() and not str(self.value("upstreams")).strip()
                 and all(self.value(name) == "inherit" for name in self.MODES))
 
-    def item(self, known_ca=None):
-        """The location as the configuration file would hold it (the schema checks it)."""
+    def item(self, at, known_ca=None):
+        """The location as the configuration file would hold it (the schema checks it); `at`
+        is its path in the document, for the errors found here."""
         value = self.value
         location = {"path": value("path").strip()} if value("path").strip() else {}
-        upstreams = upstream_items(value("upstreams"), lambda message: self.add_error("upstreams", message), known_ca)
+        upstreams = upstream_items(value("upstreams"), lambda message: self.add_error("upstreams", f"{at}.upstreams: {message}"),
+                                   known_ca)
         if upstreams:
             location["upstreams"] = upstreams
         if value("cache_mode") in ("on", "off"):
@@ -273,7 +276,7 @@ class LocationForm(forms.Form):
                 if header:
                     limit["key"] = f"header:{header}"
                 else:
-                    self.add_error("rate_key_header", "rate_limit.key: name the header to count requests by")
+                    self.add_error("rate_key_header", f"{at}.rate_limit.key: name the header to count requests by")
             location["rate_limit"] = limit
         if value("headers_mode") == "custom":
             text = value("headers")
@@ -496,8 +499,11 @@ class ProxyHostForm(SchemaForm):
             indexes = []
             posted = self.data.getlist("locations-index") if hasattr(self.data, "getlist") else []
             for index in posted:
-                if index.isdigit() and int(index) not in indexes and len(indexes) < MAX_LOCATION_ROWS:
+                if index.isdecimal() and len(index) <= 6 and int(index) not in indexes:
                     indexes.append(int(index))
+            if len(indexes) > MAX_LOCATION_ROWS:
+                self.location_errors.append(f"at most {MAX_LOCATION_ROWS} locations")
+                indexes = indexes[:MAX_LOCATION_ROWS]
             return [LocationForm(self.data, index=index) for index in indexes]
         exported = exporter._proxy_host(self.instance).get("locations", []) if self.instance.pk else []
         return [LocationForm(index=index, initial=LocationForm.initial_for(location))
@@ -540,7 +546,7 @@ class ProxyHostForm(SchemaForm):
             row.is_valid()
             if row.removed or row.blank:
                 continue
-            items.append(row.item(known_ca))
+            items.append(row.item(f"locations[{len(items)}]", known_ca))
             self.active_rows.append(row)
         return items
 

@@ -150,7 +150,7 @@ def location_row(request):
     """A blank row of the proxy host form's Locations section (htmx "Add location"): its
     index follows the `locations-index` values of the rows already on the page."""
     access.require(request.user, PROXY.key, "manage")
-    indexes = [int(value) for value in request.GET.getlist("locations-index") if value.isdigit()]
+    indexes = [int(value) for value in request.GET.getlist("locations-index") if value.isdecimal() and len(value) <= 6]
     index = max(indexes, default=-1) + 1
     row = LocationForm(index=index)
     row.fields["path"].widget.attrs["autofocus"] = True      # htmx moves the focus to the new row
