@@ -182,10 +182,11 @@ class LocationForm(forms.Form):
                                 help_text="Empty = the host's upstreams. " + UPSTREAMS_HELP)
     cache_mode = forms.ChoiceField(choices=[INHERIT, ("off", "Off"), ("on", "On")], initial="inherit", required=False,
                                    label="Cache")
-    cache_ttl = forms.CharField(required=False, label="Cache default TTL",
+    # (labels unlike the host's Cache fields, which tests and users find by label)
+    cache_ttl = forms.CharField(required=False, label="Default TTL",
                                 help_text="For responses that say nothing, e.g. 5m; empty = 0.")
-    cache_stale_if_error = forms.CharField(required=False, label="Serve stale on error",
-                                           help_text="e.g. 1h; empty = never.")
+    cache_stale_if_error = forms.CharField(required=False, label="Serve stale when the upstream fails",
+                                           help_text="Up to this long past expiry, e.g. 1h; empty = never.")
     compression_mode = forms.ChoiceField(choices=[INHERIT, ("off", "Off"), ("on", "These encodings")],
                                          initial="inherit", required=False, label="Compression")
     compression = forms.MultipleChoiceField(choices=[(c, c) for c in schema.COMPRESSIONS], required=False,
