@@ -345,3 +345,11 @@ def test_saving_the_edit_form_unchanged_keeps_the_export_identical(admin):
     assert response.status_code == 302, [row.errors for row in response.context["form"].location_rows]
     assert exporter.export_yaml() == before
     assert AuditEntry.objects.get().action == "updated"
+
+
+def test_an_error_no_row_is_the_place_for_shows_above_the_rows(admin, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = None
+    data = form_data(*({"path": f"/p{i}/"} for i in range(501)))
+    response = admin.post("/hosts/add/", data)
+    assert response.status_code == 200 and response.context["form"].location_errors == ["at most 500 locations"]
+    assert "at most 500 locations" in response.content.decode() and not ProxyHost.objects.exists()
