@@ -22,9 +22,7 @@ from .models import DeadHost, Location, ProxyHost, RedirectionHost, Stream
 
 LINES_HELP = "One per line."
 UPSTREAMS_HELP = ("One per line: http://10.0.1.10:3000, optionally followed by weight=N (1-1000) "
-                  "and, for https upstreams, verify=false.")
-LOCATIONS_HELP = ("YAML, as under locations: in the configuration file, e.g.\n"
-                  "- path: /api\n  upstreams: [http://10.0.1.11:8080]\n  rate_limit: {requests: 10, per: 1s}")
+                  "and, for https upstreams, verify=false (a CA certificate set in the configuration file is kept).")
 HEADERS_HELP = ("YAML, as under headers: in the configuration file, e.g.\n"
                 "request: {set: {X-Real-Host: example.com}, remove: [X-Debug]}\n"
                 "response: {set: {X-Frame-Options: DENY}, add: {Link: '</a.css>; rel=preload'}, remove: [Server]}")
@@ -76,6 +74,10 @@ class SchemaForm(forms.Form):
                 return self.FIELD_OF[prefix]
         return None
 
+    def place_error(self, path, message):
+        """Put the schema's error about `path` (within the item) where it belongs."""
+        self.add_error(self.field_of(path), message)
+
     def clean(self):
         cleaned = super().clean()
         if self.errors:
@@ -87,7 +89,7 @@ class SchemaForm(forms.Form):
         prefix = f"{self.section}[0]"
         for error in errors:
             path = error.path[len(prefix):].lstrip(".") if error.path.startswith(prefix) else error.path
-            self.add_error(self.field_of(path), f"{path}: {error.message}" if path else error.message)
+            self.place_error(path, f"{path}: {error.message}" if path else error.message)
         if self.errors:
             return cleaned
         self.item = doc[self.section][0]
@@ -115,12 +117,200 @@ def _choices_for(user, kind, model, current):
     return queryset.distinct()
 
 
+def upstream_lines(exported):
+    """Upstreams as an export writes them, as the lines of an upstreams field: `url weight=N
+    verify=false` (a CA certificate is not shown, see `upstream_items`)."""
+    result = []
+    for entry in exported:
+        if isinstance(entry, dict):
+            options = [f"weight={entry['weight']}"] if "weight" in entry else []
+            options += ["verify=false"] if entry.get("verify") is False else []
+            entry = " ".join([entry["url"], *options])
+        result.append(entry)
+    return "\n".join(result)
+
+
+def upstream_items(text, report, known_ca=None):
+    """`url weight=N verify=false` lines as the configuration file's upstream items; an
+    unknown option is given to `report(message)`. `known_ca` maps (scheme, host, port) of
+    upstreams saved with a CA certificate (set through the configuration file, not shown in
+    the form) to it: such an upstream keeps it unless its line says verify=false."""
+    items = []
+    for line in (text or "").splitlines():
+        words = line.split()
+        if not words:
+            continue
+        item = {"url": words[0]}
+        for option in words[1:]:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("weight", "verify"):
+                report(f"{line.strip()}: unknown option {option!r} (use weight=N or verify=false)")
+                continue
+            item[key] = scalar(value) if key == "weight" else {"true": True, "false": False}.get(value.lower(), value)
+        if known_ca and item.get("verify") is not False:
+            try:
+                ca_pem = known_ca.get(validators.upstream_url(words[0]))
+            except validators.Invalid:
+                ca_pem = None                # the schema reports it
+            if ca_pem:
+                item["ca_pem"] = ca_pem
+        items.append(item if len(item) > 1 else item["url"])
+    return items
+
+
+INHERIT = ("inherit", "Inherit the host's")
+LOCATIONS_MARK = "locations-editor"       # posted by the rows editor (templates/hosts/_locations.html)
+MAX_LOCATION_ROWS = 500
+
+
+class LocationForm(forms.Form):
+    """One row of the proxy host form's Locations section: a path prefix with its own
+    upstreams and, each inheriting the host's until set here, cache, compression, rate
+    limit and header rules. `item()` is the location as the configuration file writes it;
+    the schema checks it with the host (`ProxyHostForm`)."""
+
+    # Error path within the location -> field (the longest matching prefix wins).
+    FIELD_OF = {"path": "path", "upstreams": "upstreams", "cache": "cache_mode", "cache.enabled": "cache_mode",
+                "cache.default_ttl": "cache_ttl", "cache.stale_if_error": "cache_stale_if_error",
+                "compression": "compression", "rate_limit": "rate_requests", "rate_limit.requests": "rate_requests",
+                "rate_limit.per": "rate_per", "rate_limit.burst": "rate_burst", "rate_limit.key": "rate_key_header",
+                "headers": "headers"}
+
+    path = forms.CharField(required=False, label="Path", max_length=1100,
+                           help_text="A path prefix, e.g. /api/; the longest matching prefix wins.")
+    upstreams = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Upstreams",
+                                help_text="Empty = the host's upstreams. " + UPSTREAMS_HELP)
+    cache_mode = forms.ChoiceField(choices=[INHERIT, ("off", "Off"), ("on", "On")], initial="inherit", required=False,
+                                   label="Cache")
+    # (labels unlike the host's Cache fields, which tests and users find by label)
+    cache_ttl = forms.CharField(required=False, label="Default TTL",
+                                help_text="For responses that say nothing, e.g. 5m; empty = 0.")
+    cache_stale_if_error = forms.CharField(required=False, label="Serve stale when the upstream fails",
+                                           help_text="Up to this long past expiry, e.g. 1h; empty = never.")
+    compression_mode = forms.ChoiceField(choices=[INHERIT, ("off", "Off"), ("on", "These encodings")],
+                                         initial="inherit", required=False, label="Compression")
+    compression = forms.MultipleChoiceField(choices=[(c, c) for c in schema.COMPRESSIONS], required=False,
+                                            widget=forms.CheckboxSelectMultiple, label="Encodings",
+                                            help_text="With none ticked, the same as Off.")
+    rate_mode = forms.ChoiceField(
+        choices=[INHERIT, ("custom", "Its own limit")], initial="inherit", required=False, label="Rate limit")
+    rate_requests = forms.CharField(required=False, label="Rate limit: requests")
+    rate_per = forms.CharField(required=False, label="Rate limit: per", help_text="e.g. 1s (the default), 1m.")
+    rate_burst = forms.CharField(required=False, label="Rate limit: burst", help_text="Default 0.")
+    rate_key = forms.ChoiceField(choices=[("ip", "Client IP address"), ("header", "A request header")], initial="ip",
+                                 required=False, label="Rate limit: counted per")
+    rate_key_header = forms.CharField(required=False, label="Rate limit: header name", help_text="e.g. X-Api-Key.")
+    headers_mode = forms.ChoiceField(choices=[INHERIT, ("custom", "Its own rules")], initial="inherit",
+                                     required=False, label="Header rules")
+    headers = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, label="Header rules (YAML)",
+                              help_text="Replaces the host's rules on this path in both directions; empty = none. "
+                                        + HEADERS_HELP)
+    remove = forms.BooleanField(required=False, label="Remove this location (when saved)")
+
+    MODES = {"cache_mode": "inherit", "compression_mode": "inherit", "rate_mode": "inherit", "headers_mode": "inherit"}
+
+    def __init__(self, *args, index=0, **kwargs):
+        self.index = index
+        super().__init__(*args, prefix=f"locations-{index}", **kwargs)
+
+    @staticmethod
+    def initial_for(location):
+        """The row's values for a location as the exporter writes it."""
+        cache, compression = location.get("cache"), location.get("compression")
+        limit, headers = location.get("rate_limit"), location.get("headers")
+        key = (limit or {}).get("key", "ip")
+        return {
+            "path": location["path"], "upstreams": upstream_lines(location.get("upstreams", [])),
+            "cache_mode": "inherit" if cache is None else "on" if cache["enabled"] else "off",
+            "cache_ttl": cache["default_ttl"] if cache and cache["default_ttl"] != "0s" else "",
+            "cache_stale_if_error": (cache or {}).get("stale_if_error", ""),
+            "compression_mode": "inherit" if compression is None else "on" if compression else "off",
+            "compression": list(compression or []),
+            "rate_mode": "inherit" if limit is None else "custom",
+            "rate_requests": limit["requests"] if limit else "", "rate_per": limit["per"] if limit else "",
+            "rate_burst": limit["burst"] if limit else "",
+            "rate_key": "header" if key.startswith("header:") else "ip",
+            "rate_key_header": key[len("header:"):] if key.startswith("header:") else "",
+            "headers_mode": "inherit" if headers is None else "custom", "headers": _yaml_text(headers),
+        }
+
+    def value(self, name):
+        """The cleaned value of a field, or its default when it did not clean."""
+        data = getattr(self, "cleaned_data", {})
+        if data.get(name) or (name in data and name not in self.MODES):
+            return data[name]
+        return self.MODES.get(name, [] if name == "compression" else "")
+
+    @property
+    def removed(self):
+        return self.is_bound and bool(self.value("remove"))
+
+    @property
+    def blank(self):
+        """Nothing filled in (an added row left empty): left out, not an error."""
+        return (not str(self.value("path")).strip() and not str(self.value("upstreams")).strip()
+                and all(self.value(name) == "inherit" for name in self.MODES))
+
+    def item(self, at, known_ca=None):
+        """The location as the configuration file would hold it (the schema checks it); `at`
+        is its path in the document, for the errors found here."""
+        value = self.value
+        location = {"path": value("path").strip()} if value("path").strip() else {}
+        upstreams = upstream_items(value("upstreams"), lambda message: self.add_error("upstreams", f"{at}.upstreams: {message}"),
+                                   known_ca)
+        if upstreams:
+            location["upstreams"] = upstreams
+        if value("cache_mode") in ("on", "off"):
+            location["cache"] = {"enabled": value("cache_mode") == "on"}
+            if value("cache_ttl") or value("cache_mode") == "on":
+                location["cache"]["default_ttl"] = scalar(value("cache_ttl") or "0s")
+            if value("cache_stale_if_error"):
+                location["cache"]["stale_if_error"] = scalar(value("cache_stale_if_error"))
+        if value("compression_mode") == "off":
+            location["compression"] = []
+        elif value("compression_mode") == "on":
+            location["compression"] = list(value("compression"))
+        if value("rate_mode") == "custom":
+            limit = {key: scalar(value(f"rate_{key}")) for key in ("requests", "per", "burst") if value(f"rate_{key}")}
+            header = value("rate_key_header").strip()
+            if value("rate_key") == "header":
+                if header:
+                    limit["key"] = f"header:{header}"
+                else:
+                    self.add_error("rate_key_header", f"{at}.rate_limit.key: name the header to count requests by")
+            location["rate_limit"] = limit
+        if value("headers_mode") == "custom":
+            text = value("headers")
+            try:
+                location["headers"] = (schema.load_yaml(text) if text.strip() else None) or {}
+            except schema.DocumentInvalid as exc:
+                self.add_error("headers", [str(error) for error in exc.errors])
+        return location
+
+    def field_of(self, path):
+        for prefix in sorted(self.FIELD_OF, key=len, reverse=True):
+            if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+                return self.FIELD_OF[prefix]
+        return None
+
+    def group(self, *names):
+        return [self[name] for name in names]
+
+    @property
+    def override_groups(self):
+        """(mode field, [detail fields]) per override, in the order the row shows them."""
+        return [(self["cache_mode"], self.group("cache_ttl", "cache_stale_if_error")),
+                (self["compression_mode"], self.group("compression")),
+                (self["rate_mode"], self.group("rate_requests", "rate_per", "rate_burst", "rate_key", "rate_key_header")),
+                (self["headers_mode"], self.group("headers"))]
+
+
 class ProxyHostForm(SchemaForm):
     section = "proxy_hosts"
-    YAML_FIELDS = ("locations", "headers")
+    YAML_FIELDS = ("headers",)
     SECTIONS = [
         ("Details", ["domains", "upstreams", "enabled", "websockets"]),
-        ("Locations", ["locations"]),
+        ("Locations", []),             # rows: `location_rows`, templates/hosts/_locations.html
         ("SSL", ["certificate", "force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"]),
         ("Access", ["access_list", "forward_auth_url", "forward_auth_headers", "forward_auth_timeout"]),
         ("Load balancing", ["lb_policy", "sticky_cookie", "sticky_max_age", "health_check_path", "health_check_interval",
@@ -136,7 +326,7 @@ class ProxyHostForm(SchemaForm):
     ]
     FIELD_OF = {
         "domains": "domains", "upstreams": "upstreams", "enabled": "enabled", "websockets": "websockets",
-        "locations": "locations", "headers": "headers", "compression": "compression",
+        "headers": "headers", "compression": "compression",
         "load_balancing.policy": "lb_policy",
         "load_balancing.sticky": "sticky_cookie", "load_balancing.sticky.max_age": "sticky_max_age",
         "load_balancing.health_check": "health_check_path",
@@ -174,7 +364,6 @@ class ProxyHostForm(SchemaForm):
     upstreams = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), help_text=UPSTREAMS_HELP)
     enabled = forms.BooleanField(required=False, initial=True)
     websockets = forms.BooleanField(required=False, label="WebSockets")
-    locations = forms.CharField(widget=forms.Textarea(attrs={"rows": 5}), required=False, help_text=LOCATIONS_HELP)
     certificate = forms.ModelChoiceField(queryset=Certificate.objects.none(), required=False, empty_label="(none: HTTP only)")
     force_https = forms.BooleanField(required=False, label="Force HTTPS")
     http2 = forms.BooleanField(required=False, label="HTTP/2")
@@ -261,6 +450,8 @@ class ProxyHostForm(SchemaForm):
         if instance.pk and "initial" not in kwargs:
             kwargs["initial"] = self.initial_for(instance)
         super().__init__(*args, instance=instance, user=user, **kwargs)
+        self.location_errors = []          # errors about the locations that no row is the place for
+        self.location_rows = self._location_rows()
         self.fields["certificate"].queryset = _choices_for(user, "certificates", Certificate, instance.certificate)
         self.fields["access_list"].queryset = _choices_for(user, "access_lists", AccessList, instance.access_list)
 
@@ -269,18 +460,11 @@ class ProxyHostForm(SchemaForm):
         """The form's values for a saved host: what an export writes (keys at their default
         left empty, the help texts name the defaults)."""
         cache, limit = host.cache, host.rate_limit
-        upstream_lines = []
-        for entry in exporter.upstreams(host.upstreams):
-            if isinstance(entry, dict):
-                options = [f"weight={entry['weight']}"] if "weight" in entry else []
-                options += ["verify=false"] if entry.get("verify") is False else []
-                entry = " ".join([entry["url"], *options])
-            upstream_lines.append(entry)
         exported = exporter._proxy_host(host)
         balancing = exported["load_balancing"]
         initial = {
-            "domains": "\n".join(host.domains), "upstreams": "\n".join(upstream_lines), "enabled": host.enabled,
-            "websockets": host.websockets, "locations": _yaml_text(exported.get("locations")),
+            "domains": "\n".join(host.domains), "upstreams": upstream_lines(exporter.upstreams(host.upstreams)), "enabled": host.enabled,
+            "websockets": host.websockets,
             "certificate": host.certificate_id, "force_https": host.force_https, "http2": host.http2, "hsts": host.hsts,
             "hsts_subdomains": host.hsts_subdomains, "hsts_preload": host.hsts_preload, "access_list": host.access_list_id,
             "lb_policy": host.lb_policy,
@@ -306,25 +490,76 @@ class ProxyHostForm(SchemaForm):
                 initial[field] = ", ".join(value) if isinstance(value, list) else value
         return initial
 
-    def _upstream_items(self, text):
-        """`url weight=N verify=false` lines as the configuration file's upstream items."""
-        items = []
-        for line in (text or "").splitlines():
-            words = line.split()
-            if not words:
+    # -- locations: one `LocationForm` row each ------------------------------------------
+
+    def _location_rows(self):
+        """The rows: those posted (in page order; `locations-index` names them), else the saved
+        host's locations as the exporter writes them."""
+        self.locations_posted = self.is_bound and LOCATIONS_MARK in self.data
+        if self.locations_posted:
+            indexes = []
+            posted = self.data.getlist("locations-index") if hasattr(self.data, "getlist") else []
+            for index in posted:
+                if index.isdecimal() and len(index) <= 6 and int(index) not in indexes:
+                    indexes.append(int(index))
+            if len(indexes) > MAX_LOCATION_ROWS:
+                self.location_errors.append(f"at most {MAX_LOCATION_ROWS} locations")
+                indexes = indexes[:MAX_LOCATION_ROWS]
+            return [LocationForm(self.data, index=index) for index in indexes]
+        exported = exporter._proxy_host(self.instance).get("locations", []) if self.instance.pk else []
+        return [LocationForm(index=index, initial=LocationForm.initial_for(location))
+                for index, location in enumerate(exported)]
+
+    @property
+    def next_location_index(self):
+        return max((row.index for row in self.location_rows), default=-1) + 1
+
+    @property
+    def blank_location_row(self):
+        """The empty row offered without JavaScript (in <noscript>; with it, "Add location")."""
+        return LocationForm(index=self.next_location_index)
+
+    @property
+    def locations_invalid(self):
+        return bool(self.location_errors) or any(row.errors for row in self.location_rows
+                                                 if row.is_bound and not row.removed)
+
+    def is_valid(self):
+        valid = super().is_valid()
+        return valid and not self.locations_invalid
+
+    def _known_ca(self):
+        """(scheme, host, port) -> CA certificate of the saved host's upstreams that have one."""
+        if not self.instance.pk:
+            return {}
+        entries = list(self.instance.upstreams)
+        for location in self.instance.locations.all():
+            entries += location.upstreams
+        return {(e["scheme"], e["host"], e["port"]): e["ca_pem"] for e in entries if e.get("ca_pem")}
+
+    def _locations(self, known_ca):
+        """The locations as the configuration file would hold them. A post without the rows
+        editor (an older client) keeps the saved ones."""
+        if not self.locations_posted:
+            return exporter._proxy_host(self.instance).get("locations", []) if self.instance.pk else []
+        self.active_rows, items = [], []
+        for row in self.location_rows:
+            row.is_valid()
+            if row.removed or row.blank:
                 continue
-            if len(words) == 1:
-                items.append(words[0])
-                continue
-            item = {"url": words[0]}
-            for option in words[1:]:
-                key, sep, value = option.partition("=")
-                if not sep or key not in ("weight", "verify"):
-                    self.add_error("upstreams", f"{line.strip()}: unknown option {option!r} (use weight=N or verify=false)")
-                    continue
-                item[key] = scalar(value) if key == "weight" else {"true": True, "false": False}.get(value.lower(), value)
-            items.append(item)
+            items.append(row.item(f"locations[{len(items)}]", known_ca))
+            self.active_rows.append(row)
         return items
+
+    def place_error(self, path, message):
+        match = re.match(r"locations\[(\d+)\]\.?(.*)$", path)
+        if match and self.locations_posted and int(match[1]) < len(self.active_rows):
+            row = self.active_rows[int(match[1])]
+            row.add_error(row.field_of(match[2]), message)
+        elif path == "locations" or path.startswith("locations["):
+            self.location_errors.append(message)
+        else:
+            super().place_error(path, message)
 
     def _section(self, cleaned, fields):
         """{key: value} of the filled-in `fields` (form field -> item key), as YAML would hold
@@ -343,8 +578,10 @@ class ProxyHostForm(SchemaForm):
         return values or None
 
     def build(self, cleaned, parsed):
+        known_ca = self._known_ca()
         host = {"domains": lines(cleaned["domains"]), "enabled": cleaned["enabled"], "websockets": cleaned["websockets"],
-                "upstreams": self._upstream_items(cleaned["upstreams"]),
+                "upstreams": upstream_items(cleaned["upstreams"], lambda message: self.add_error("upstreams", message),
+                                            known_ca),
                 "load_balancing": {"policy": cleaned["lb_policy"]},
                 "timeouts": {"connect": scalar(cleaned["connect_timeout"]), "response": scalar(cleaned["response_timeout"])},
                 "ssl": {flag: cleaned[flag] for flag in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload")},
@@ -380,6 +617,7 @@ class ProxyHostForm(SchemaForm):
         for field in self.YAML_FIELDS:
             if parsed[field] is not None:
                 host[field] = parsed[field]
+        host["locations"] = self._locations(known_ca)
         return host
 
     def apply(self, item, cleaned):

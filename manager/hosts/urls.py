@@ -17,6 +17,7 @@ def _routes(prefix, name, views_):
 
 urlpatterns = [
     *_routes("", "proxy", views.proxy),
+    path("location-row/", views.location_row, name="proxy_location_row"),
     *_routes("redirections/", "redirection", views.redirection),
     *_routes("404/", "dead", views.dead),
     *_routes("streams/", "stream", views.stream),

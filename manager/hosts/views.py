@@ -21,7 +21,7 @@ from manager.accounts import access
 from manager.audit.log import record, snapshot
 from manager.lib import validators
 
-from .forms import DeadHostForm, ProxyHostForm, RedirectionHostForm, StreamForm
+from .forms import DeadHostForm, LocationForm, ProxyHostForm, RedirectionHostForm, StreamForm
 from .models import DeadHost, ProxyHost, RedirectionHost, Stream
 
 
@@ -143,6 +143,18 @@ def item_delete(request, kind, pk):
         return redirect(f"{kind.namespace}:{kind.url}_list")
     messages.success(request, f"{kind.singular.capitalize()} {label} deleted.")
     return redirect(f"{kind.namespace}:{kind.url}_list")
+
+
+@login_required
+def location_row(request):
+    """A blank row of the proxy host form's Locations section (htmx "Add location"): its
+    index follows the `locations-index` values of the rows already on the page."""
+    access.require(request.user, PROXY.key, "manage")
+    indexes = [int(value) for value in request.GET.getlist("locations-index") if value.isdecimal() and len(value) <= 6]
+    index = max(indexes, default=-1) + 1
+    row = LocationForm(index=index)
+    row.fields["path"].widget.attrs["autofocus"] = True      # htmx moves the focus to the new row
+    return render(request, "hosts/_location.html", {"row": row})
 
 
 def views_for(kind):
