@@ -302,7 +302,7 @@ class RespProtocol(Protocol):
     def __init__(self):
         self.buffer = b""
         self.waiting = deque()            # (callback, sent at) in order
-        self.connected_ok = False
+        self.refused = False              # the handshake (AUTH, SELECT) failed
 
     def connectionMade(self):
         self.factory.client.connected(self)
@@ -411,12 +411,14 @@ class RedisGcra:
         proto.call(self._handshake_done, "PING")
 
     def _handshake(self, reply):
-        if isinstance(reply, RedisError) and self.proto is not None:
+        proto = self.proto
+        if isinstance(reply, RedisError) and proto is not None and not proto.refused:
+            proto.refused = True          # the replies already read must not make it ready
             self._down(f"Redis refused the handshake ({reply})")
-            self.proto.transport.abortConnection()
+            proto.transport.abortConnection()
 
     def _handshake_done(self, reply):
-        if isinstance(reply, RedisError) or self.proto is None:
+        if isinstance(reply, RedisError) or self.proto is None or self.proto.refused:
             return
         self.ready = True
         self.backoff = 0.5
