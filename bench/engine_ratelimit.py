@@ -1,0 +1,90 @@
+"""Cost of rate limiting and exploit blocking in the engine, on 127.0.0.1 (not a test).
+
+    .venv/bin/python bench/engine_ratelimit.py [--rounds 5] [--duration 4] [--connections 50] [--redis URL]
+
+Engines (`python -m proxy_engine`, one worker each) in front of nginx serving 1 KiB
+(bench/common.py), measured in turn with `wrk -t1 -cN -dDs` for `--rounds` rounds:
+
+- plain: the host with neither feature;
+- ratelimit: a local limit too high to ever trigger (10^9 requests per second), every
+  request decided by GCRA (one key: wrk's address);
+- ratelimit+redis (with `--redis`): the same limit shared through Redis, i.e. one EVALSHA
+  round trip per request while the request waits;
+- exploits: block_exploits on, every request's target (with a query) and User-Agent checked.
+
+Requests carry a query and a browser User-Agent so the exploit regexes run on both. Prints
+requests/s per round and the median ratio of each engine to the plain one.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
+
+PATH = "/1k.bin?page=2&sort=name&select=all&q=living+room"
+AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+
+
+def wrk(port, duration, connections):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}", "-H", f"User-Agent: {AGENT}",
+         f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True, check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise SystemExit(f"non-2xx answers on port {port} (a limit triggered?):\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def spawn(rig, name, host_changes, *extra):
+    """An engine process serving the rig's host with `host_changes` applied."""
+    with open(f"{rig.tmp}/snapshot.json") as handle:
+        doc = json.load(handle)
+    doc["proxy_hosts"][0].update(host_changes)
+    path = f"{rig.tmp}/{name}.json"
+    with open(path, "w") as handle:
+        json.dump(doc, handle)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", path, "--http-port", str(port),
+                             "--log-level", "ERROR", *extra], cwd=ROOT)
+    rig.engines.append(proc)
+    wait_port(port)
+    return port
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--redis", default="", help="also measure a limit shared through this Redis URL")
+    args = parser.parse_args()
+    never = {"requests": 1_000_000_000, "per": 1.0, "burst": 0, "key": "ip"}
+    with Rig() as rig:
+        systems = {"plain": rig.engine_port,
+                   "ratelimit": spawn(rig, "ratelimit", {"rate_limit": never})}
+        if args.redis:
+            systems["ratelimit+redis"] = spawn(rig, "redis", {"id": 424242, "rate_limit": never},
+                                               "--redis-url", args.redis)
+        systems["exploits"] = spawn(rig, "exploits", {"block_exploits": True})
+        for port in systems.values():
+            wrk(port, 1, args.connections)                  # warm up
+        results = {name: [] for name in systems}
+        for _ in range(args.rounds):
+            for name, port in systems.items():
+                results[name].append(wrk(port, args.duration, args.connections))
+        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, 1 KiB, GET {PATH}, {args.rounds} rounds alternating")
+        for name, values in results.items():
+            print(f"{name:16s} " + "  ".join(f"{v:,.0f}" for v in values) + " req/s")
+        for name in results:
+            if name != "plain":
+                ratios = [e / p for e, p in zip(results[name], results["plain"])]
+                print(f"median ratio {name}/plain: {statistics.median(ratios):.3f} "
+                      f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+if __name__ == "__main__":
+    main()
