@@ -13,7 +13,8 @@ Engines (`python -m proxy_engine`, one worker each) in front of nginx serving 1 
 - exploits: block_exploits on, every request's target (with a query) and User-Agent checked.
 
 Requests carry a query and a browser User-Agent so the exploit regexes run on both. Prints
-requests/s per round and the median ratio of each engine to the plain one.
+first the in-process cost of each check per request (timeit, best of 5), then requests/s per
+round and the median ratio of each engine to the plain one.
 """
 import argparse
 import json
@@ -55,13 +56,44 @@ def spawn(rig, name, host_changes, *extra):
     return port
 
 
+def micro(n=200_000):
+    """In-process CPU time of each check per request (µs, best of 5, process time): steadier
+    on a loaded machine than the throughput rounds."""
+    import ipaddress
+    import time
+    import timeit
+
+    sys.path.insert(0, ROOT)
+    from proxy_engine.exploits import blocked
+    from proxy_engine.ratelimit import Limiter, RateLimit
+    from proxy_engine.snapshot import RateLimitConfig
+
+    headers = [(b"host", b"Host", HOST.encode()), (b"user-agent", b"User-Agent", AGENT.encode()),
+               (b"accept", b"Accept", b"*/*")]
+    limit = RateLimit(RateLimitConfig(1_000_000_000, 1.0, 0, "ip"), "1", Limiter(), lambda a: False)
+    peer = ipaddress.ip_address("127.0.0.1")
+    target = PATH.encode()
+    plain_query = b"/api/states?entity=sensor1&page=2"
+    checks = {"exploits (query + User-Agent)": lambda: blocked(target, headers),
+              "exploits (plain query)": lambda: blocked(plain_query, headers),
+              "exploits (no query)": lambda: blocked(b"/1k.bin", headers),
+              "rate limit (local GCRA + key)": lambda: limit.check(peer, False, headers, None)}
+    for name, check in checks.items():
+        best = min(timeit.repeat(check, number=n, repeat=5, timer=time.process_time)) / n * 1e6
+        print(f"{name:32s} {best:.2f} µs per request")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--redis", default="", help="also measure a limit shared through this Redis URL")
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process cost per check")
     args = parser.parse_args()
+    micro()
+    if args.micro_only:
+        return
     never = {"requests": 1_000_000_000, "per": 1.0, "burst": 0, "key": "ip"}
     with Rig() as rig:
         systems = {"plain": rig.engine_port,

@@ -19,8 +19,8 @@ computations agree exactly:
 From an idle key, `requests + burst` requests pass at once, then one per `interval`. A
 refused request does not consume anything. The key is the client's address (the real one:
 `access.client_address`, X-Forwarded-For only through trusted proxies), or with
-`key: "header:<Name>"` the value of that header (an API key; hashed with BLAKE2b so no key
-is kept or sent to Redis in clear). A request WITHOUT that header is limited by its address
+`key: "header:<Name>"` the value of that header (an API key; hashed with BLAKE2b in Redis
+key names so no API key is sent to Redis in clear). A request WITHOUT that header is limited by its address
 instead (its bucket is the address's, in the same scope).
 
 A refused request is answered 429 with `Retry-After` (whole seconds, rounded up) and the
@@ -52,6 +52,7 @@ snapshots):
   the connection is retried with exponential backoff (0.5 s .. 30 s).
 """
 import hashlib
+import ipaddress
 import logging
 import time
 from collections import OrderedDict, deque
@@ -137,7 +138,7 @@ class LocalBuckets:
         tats.move_to_end(key)
         if len(tats) > self.max_keys:
             tats.popitem(last=False)
-        for _ in range(2):                # lazy expiry: idle keys at the old end
+        for _ in range(2):                # lazy expiry: idle keys at the old end (two per insert: it shrinks)
             oldest = next(iter(tats))
             if tats[oldest] > now:
                 break
@@ -161,13 +162,14 @@ class RateLimit:
         self.trusts = trusts
 
     def key(self, peer, trusted, headers):
-        """The bucket key of a request: `<scope>:h:<hash of the header>` or `<scope>:ip:<address>`."""
+        """The bucket key of a request: (scope, b"h", header value) or (scope, b"ip", packed address)."""
         name = self.header
         if name is not None:
             for lname, _, value in headers:
                 if lname == name:
-                    return "%s:h:%s" % (self.scope, hashlib.blake2b(value, digest_size=12).hexdigest())
-        return "%s:ip:%s" % (self.scope, client_address(peer, trusted, headers, self.trusts))
+                    return (self.scope, b"h", value)
+        address = client_address(peer, trusted, headers, self.trusts) if trusted else peer
+        return (self.scope, b"ip", address.packed if address is not None else b"")
 
     def check(self, peer, trusted, headers, resume):
         """A `Decision`, or PENDING and later `resume(decision)` (Redis)."""
@@ -175,7 +177,8 @@ class RateLimit:
         limiter = self.limiter
         redis = limiter.redis
         if redis is not None and redis.ready:
-            redis.decide(key, self.interval, self.window, lambda result: self._replied(key, result, resume))
+            redis.decide(redis_name(key), self.interval, self.window,
+                         lambda result: self._replied(key, result, resume))
             return PENDING
         allowed, ahead = limiter.local.decide(key, self.interval, self.window)
         return Decision(allowed, ahead, self)
@@ -184,6 +187,15 @@ class RateLimit:
         if result is None:                # Redis failed meanwhile: decide locally
             result = self.limiter.local.decide(key, self.interval, self.window)
         resume(Decision(result[0], result[1], self))
+
+
+def redis_name(key):
+    """The Redis key (after the prefix) of a bucket key: `<scope>:ip:<address>` or
+    `<scope>:h:<BLAKE2b of the header value>` (no API key is sent to Redis in clear)."""
+    scope, kind, value = key
+    if kind == b"h":
+        return "%s:h:%s" % (scope, hashlib.blake2b(value, digest_size=12).hexdigest())
+    return "%s:ip:%s" % (scope, ipaddress.ip_address(value) if value else "-")
 
 
 class RouteLimits:

@@ -16,7 +16,8 @@ import redis
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.task import Clock
 
-from proxy_engine.ratelimit import LUA_SHA, PENDING, Limiter, LocalBuckets, RateLimit, RedisGcra, parse_reply
+from proxy_engine.ratelimit import (LUA_SHA, PENDING, Limiter, LocalBuckets, RateLimit, RedisGcra, parse_reply,
+                                    redis_name)
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import RateLimitConfig, SnapshotError, parse_snapshot
 from tests.engine.support import Harness, document
@@ -137,8 +138,8 @@ def test_keys_are_separate_per_address_and_per_header_value():
     assert api.decide(headers=[(b"x-api-key", b"X-Api-Key", b"beta")]).allowed
     assert api.decide().allowed                     # no header: the address's own bucket
     assert not api.decide().allowed
-    key = api.limit.key(None, False, [(b"x-api-key", b"X-Api-Key", b"secret-api-key")])
-    assert "secret" not in key and key.startswith("1:h:")
+    name = redis_name(api.limit.key(None, False, [(b"x-api-key", b"X-Api-Key", b"secret-api-key")]))
+    assert "secret" not in name and name.startswith("1:h:") and len(name) == len("1:h:") + 24
 
 
 def test_idle_keys_expire_lazily_and_the_number_of_keys_is_capped():
@@ -150,7 +151,7 @@ def test_idle_keys_expire_lazily_and_the_number_of_keys_is_capped():
     lim.clock.advance(2)                 # every bucket is full again: their state is dropped
     for i in range(30):
         lim.decide(f"198.51.100.{i}")
-    assert len(tats) == 30 and all(k.startswith("1:ip:198.51.100.") for k in tats)
+    assert len(tats) == 30 and all(redis_name(k).startswith("1:ip:198.51.100.") for k in tats)
     for i in range(250):
         lim.decide(f"203.0.113.{i}")
     assert len(tats) == 100              # LRU: the oldest dropped
@@ -171,8 +172,9 @@ def test_client_address_through_trusted_proxies_is_the_key():
     import ipaddress
     proxy = ipaddress.ip_address("10.0.0.1")
     xff = [(b"x-forwarded-for", b"X-Forwarded-For", b"203.0.113.5, 10.0.0.2")]
-    assert limit.key(proxy, True, xff) == "1:ip:203.0.113.5"
-    assert limit.key(ipaddress.ip_address("8.8.8.8"), False, xff) == "1:ip:8.8.8.8"
+    assert redis_name(limit.key(proxy, True, xff)) == "1:ip:203.0.113.5"
+    assert redis_name(limit.key(ipaddress.ip_address("8.8.8.8"), False, xff)) == "1:ip:8.8.8.8"
+    assert redis_name(limit.key(ipaddress.ip_address("2001:db8::1"), False, [])) == "1:ip:2001:db8::1"
 
 
 def test_locations_with_their_own_limit_have_their_own_buckets():
