@@ -38,7 +38,7 @@ snapshots):
 
 - Local (`LocalBuckets`): a dict key -> TAT in LRU order, bounded (`max_keys`, oldest
   dropped) and expired lazily (a key whose TAT has passed is in the same state as a new key,
-  so a few such keys are dropped from the old end on each decision). Clock injected.
+  so every 16 inserts up to 32 such keys are dropped from the old end). Clock injected.
 - Redis, when the engine has a Redis URL: ONE Lua script per decision (EVALSHA, EVAL after
   NOSCRIPT), computing GCRA with Redis `TIME` so engines with skewed clocks agree, storing
   the TAT with a PX expiry equal to its lifetime. The client is a small Twisted protocol
@@ -90,29 +90,34 @@ LUA_SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
 
 class Decision:
-    """The outcome of one request: `allowed`, and for a refusal the answer's header fields."""
-    __slots__ = ("allowed", "remaining", "retry_after", "limit")
+    """A refusal: `allowed` False, and the answer's header fields. (An allowed request gets
+    the shared `ALLOWED`.)"""
+    __slots__ = ("retry_after", "limit")
+    allowed = False
+    remaining = 0
 
-    def __init__(self, allowed, ahead, limit):
-        self.allowed = allowed
+    def __init__(self, ahead, limit):
         self.limit = limit
-        if allowed:
-            self.remaining = (limit.window - ahead) // limit.interval
-            self.retry_after = 0
-        else:
-            self.remaining = 0
-            self.retry_after = max(1, -(-(ahead - limit.window) // _US))   # whole seconds, rounded up
+        self.retry_after = max(1, -(-(ahead - limit.window) // _US))   # whole seconds, rounded up
 
     def fields(self):
         """The 429's extra header fields as (lower-case name, value) byte pairs."""
         return ((b"retry-after", b"%d" % self.retry_after),
                 (b"ratelimit-policy", self.limit.policy),
-                (b"ratelimit", b'"%s";r=%d;t=%d' % (POLICY.encode(), self.remaining, self.retry_after)))
+                (b"ratelimit", b'"%s";r=0;t=%d' % (POLICY.encode(), self.retry_after)))
 
     def lines(self):
         """The same fields as HTTP/1.1 header lines."""
-        return b"Retry-After: %d\r\nRateLimit-Policy: %s\r\nRateLimit: \"%s\";r=%d;t=%d\r\n" % (
-            self.retry_after, self.limit.policy, POLICY.encode(), self.remaining, self.retry_after)
+        return b"Retry-After: %d\r\nRateLimit-Policy: %s\r\nRateLimit: \"%s\";r=0;t=%d\r\n" % (
+            self.retry_after, self.limit.policy, POLICY.encode(), self.retry_after)
+
+
+class _Allowed:
+    __slots__ = ()
+    allowed = True
+
+
+ALLOWED = _Allowed()
 
 
 class LocalBuckets:
@@ -122,13 +127,14 @@ class LocalBuckets:
         self.clock = clock                # () -> seconds (reactor.seconds)
         self.max_keys = max_keys
         self.tats = OrderedDict()
+        self.inserts = 0
 
     def decide(self, key, interval, window):
         """(allowed, ahead): `ahead` is how far the new TAT is ahead of now, in microseconds."""
         now = int(self.clock() * _US)
         tats = self.tats
-        tat = tats.get(key)
-        if tat is None or tat < now:
+        tat = tats.get(key, now)
+        if tat < now:
             tat = now
         tat += interval
         ahead = tat - now
@@ -136,14 +142,22 @@ class LocalBuckets:
             return False, ahead
         tats[key] = tat
         tats.move_to_end(key)
-        if len(tats) > self.max_keys:
+        self.inserts += 1
+        if not self.inserts & 15 or len(tats) > self.max_keys:
+            self._sweep(now)
+        return True, ahead
+
+    def _sweep(self, now):
+        """Drop the oldest keys over the cap, then up to 32 idle keys (TAT passed: the same
+        state as an unknown key) from the old end; runs every 16 inserts, so it shrinks."""
+        tats = self.tats
+        while len(tats) > self.max_keys:
             tats.popitem(last=False)
-        for _ in range(2):                # lazy expiry: idle keys at the old end (two per insert: it shrinks)
+        for _ in range(32):
             oldest = next(iter(tats))
-            if tats[oldest] > now:
+            if tats[oldest] > now:       # the key just inserted always stops it
                 break
             del tats[oldest]
-        return True, ahead
 
 
 class RateLimit:
@@ -181,12 +195,12 @@ class RateLimit:
                          lambda result: self._replied(key, result, resume))
             return PENDING
         allowed, ahead = limiter.local.decide(key, self.interval, self.window)
-        return Decision(allowed, ahead, self)
+        return ALLOWED if allowed else Decision(ahead, self)
 
     def _replied(self, key, result, resume):
         if result is None:                # Redis failed meanwhile: decide locally
             result = self.limiter.local.decide(key, self.interval, self.window)
-        resume(Decision(result[0], result[1], self))
+        resume(ALLOWED if result[0] else Decision(result[1], self))
 
 
 def redis_name(key):
