@@ -398,3 +398,64 @@ def test_redis_down_the_engine_still_limits_locally_and_says_so_once(upstream, e
         server.stop()
     output = engine.stop()
     assert output.count("limiting locally") == 1, output
+
+
+# -- waiting for Redis in both protocols (the real Redis; the protocols on memory transports) --
+
+@pytest.fixture
+def shared(prefix):
+    """A harness whose limiter talks to the real Redis through a real select reactor."""
+    def make(doc):
+        reactor = SelectReactor()
+        reactor.startRunning()
+        h = Harness(doc, peer="192.0.2.77")
+        h.factory.limiter = Limiter(reactor, "redis://127.0.0.1:6379/0", prefix=prefix)
+        h.factory.limiter.start()
+        pump(reactor, lambda: h.factory.limiter.redis.ready)
+        h.factory.swap(parse_snapshot(doc))
+        h.redis_reactor = reactor
+        made.append(h)
+        return h
+
+    made = []
+    yield make
+    for h in made:
+        h.factory.limiter.stop()
+        h.redis_reactor.iterate(0.01)
+
+
+def test_http1_waits_for_redis_then_forwards_or_answers_429(shared, prefix):
+    h = shared(limited_doc({"requests": 1, "per": 60.0}))
+    first, ft = h.client()
+    first.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    assert ft.value() == b"" and h.reactor.tcpClients == []          # PENDING: Redis decides
+    pump(h.redis_reactor, lambda: len(h.reactor.tcpClients) == 1)
+    second, st = h.client()
+    second.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    pump(h.redis_reactor, lambda: st.value() != b"")
+    assert st.value().startswith(b"HTTP/1.1 429 ") and b"Retry-After: 60\r\n" in st.value()
+    assert len(h.reactor.tcpClients) == 1
+    gone, _ = h.client()                  # a client that leaves while Redis decides is left alone
+    gone.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    gone.connectionLost(None)
+    h.redis_reactor.iterate(0.05)
+    h.redis_reactor.iterate(0.05)
+    assert len(h.reactor.tcpClients) == 1
+    assert redis.Redis(host="127.0.0.1", port=6379).exists(prefix + "1:ip:192.0.2.77")
+
+
+def test_h2_waits_for_redis_then_forwards_or_answers_429(shared):
+    h = shared(limited_doc({"requests": 1, "per": 60.0}))
+    c = H2Client(h)
+    sid = c.request()
+    assert c.answers[sid].headers is None and h.reactor.tcpClients == []
+    pump(h.redis_reactor, lambda: len(h.reactor.tcpClients) == 1)
+    sid = c.request()
+
+    def answered():
+        c.pump()
+        return c.answers[sid].headers is not None
+
+    pump(h.redis_reactor, answered)
+    assert c.answers[sid].status == 429 and c.answers[sid].header(b"retry-after") == b"60"
+    assert len(h.reactor.tcpClients) == 1
