@@ -45,7 +45,8 @@ snapshots):
   speaking RESP2 (`RespProtocol`: AUTH, SELECT, EVALSHA, EVAL, pipelined, replies in order)
   rather than a dependency: txredisapi would bring a large API (and its own reconnection and
   connection-pool policy) for four commands, and redis-py is blocking. The URL may carry a
-  user/password and a db number (redis://[user]:password@host:port/db). A decision through
+  user/password and a db number (redis://[user]:password@host:port/db); other schemes
+(rediss://, unix://) are not supported: the limits then stay local (logged at start). A decision through
   Redis is asynchronous: `check` returns PENDING and calls `resume(decision)` later on the
   reactor thread. While Redis is unreachable (not connected, a reply slower than
   `reply_timeout`, an error reply) decisions are local; that is logged once per outage, and
@@ -257,7 +258,14 @@ class Limiter:
     def __init__(self, reactor=None, redis_url=None, max_keys=MAX_KEYS, prefix=REDIS_PREFIX, reply_timeout=0.5):
         self.reactor = reactor
         self.local = LocalBuckets(reactor.seconds if reactor is not None else time.monotonic, max_keys)
-        self.redis = RedisGcra(reactor, redis_url, prefix, reply_timeout) if redis_url else None
+        self.redis = None
+        if redis_url:
+            scheme = urlsplit(redis_url).scheme
+            if scheme == "redis":
+                self.redis = RedisGcra(reactor, redis_url, prefix, reply_timeout)
+            else:                         # never the URL itself: it may carry a password
+                log.warning("rate limit: a %s:// Redis URL is not supported (only redis://): "
+                            "limits are kept in each engine worker", scheme)
 
     def start(self):
         if self.redis is not None:

@@ -54,6 +54,7 @@ def test_rate_limits_parse_for_hosts_and_locations():
 @pytest.mark.parametrize("limit, path, words", [
     ({"requests": 0, "per": 1.0}, "proxy_hosts[0].rate_limit.requests", "greater than 0"),
     ({"requests": 5, "per": 0}, "proxy_hosts[0].rate_limit.per", "greater than 0"),
+    ({"requests": 5, "per": 1e300}, "proxy_hosts[0].rate_limit.per", "at most a year"),
     ({"requests": 5, "per": 1.0, "burst": -1}, "proxy_hosts[0].rate_limit.burst", "0 or more"),
     ({"requests": 5, "per": 1.0, "key": "cookie:x"}, "proxy_hosts[0].rate_limit.key", "header:<Header-Name>"),
     ({"requests": 5, "per": 1.0, "key": "header:Bad Name"}, "proxy_hosts[0].rate_limit.key", "header:"),
@@ -199,6 +200,11 @@ def test_resp_replies_parse():
     assert str(parse_reply(b"-NOSCRIPT No matching script\r\n")[0]).startswith("NOSCRIPT")
     with pytest.raises(Exception):
         parse_reply(b"*2\r\n:1\r\n")
+
+
+def test_unsupported_redis_urls_keep_limits_local_without_logging_the_url(caplog):
+    lim = Limiter(Clock(), "rediss://:s3cret@redis.example:6380/0")
+    assert lim.redis is None and "rediss://" in caplog.text and "s3cret" not in caplog.text
 
 
 def test_redis_url_parts_and_no_password_in_repr():
