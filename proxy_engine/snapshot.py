@@ -357,8 +357,8 @@ def _rate_limit(r, raw, path):
     if requests is not None and requests <= 0:
         r.error(f"{path}.requests", f"must be greater than 0, got {requests}")
         ok = False
-    if per is not None and not 0 < per <= 31536000:
-        r.error(f"{path}.per", f"must be greater than 0 and at most a year (31536000), got {per}")
+    if per is not None and not 0 < per <= 315360000:          # 10 years: microseconds stay exact in Lua
+        r.error(f"{path}.per", f"must be greater than 0 and at most 10 years (315360000), got {per}")
         ok = False
     if burst is not None and burst < 0:
         r.error(f"{path}.burst", f"must be 0 or more, got {burst}")

@@ -54,7 +54,7 @@ def test_rate_limits_parse_for_hosts_and_locations():
 @pytest.mark.parametrize("limit, path, words", [
     ({"requests": 0, "per": 1.0}, "proxy_hosts[0].rate_limit.requests", "greater than 0"),
     ({"requests": 5, "per": 0}, "proxy_hosts[0].rate_limit.per", "greater than 0"),
-    ({"requests": 5, "per": 1e300}, "proxy_hosts[0].rate_limit.per", "at most a year"),
+    ({"requests": 5, "per": 1e300}, "proxy_hosts[0].rate_limit.per", "at most 10 years"),
     ({"requests": 5, "per": 1.0, "burst": -1}, "proxy_hosts[0].rate_limit.burst", "0 or more"),
     ({"requests": 5, "per": 1.0, "key": "cookie:x"}, "proxy_hosts[0].rate_limit.key", "header:<Header-Name>"),
     ({"requests": 5, "per": 1.0, "key": "header:Bad Name"}, "proxy_hosts[0].rate_limit.key", "header:"),
