@@ -43,6 +43,8 @@ def main(argv=None):
                         help='access log: a file path (JSON lines, rotated at 10 MiB x 5), "-" for stdout, or "off"')
     parser.add_argument("--traffic-interval", type=float, default=10.0,
                         help="seconds per bucket of the per-host request/error counts (logged at DEBUG)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="directory of the response cache's disk tier (needs settings.cache.disk_bytes > 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,7 +54,7 @@ def main(argv=None):
                redis_url=args.redis_url or None, poll_interval=args.poll_interval,
                record_upstream_errors=log_upstream_errors, access_log=args.access_log,
                default_certificate=args.default_certificate,
-               on_traffic=log_traffic, traffic_interval=args.traffic_interval)
+               on_traffic=log_traffic, traffic_interval=args.traffic_interval, cache_dir=args.cache_dir)
 
 
 if __name__ == "__main__":

@@ -64,9 +64,12 @@ from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
-from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, ClientGone, error_body
+from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
+from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.exploits import CAUSES as EXPLOIT_CAUSES
 from proxy_engine.fastio import send
+from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
+from proxy_engine.health import is_upstream_fault
 from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
@@ -154,6 +157,8 @@ def response_headers(status, headers, request_id, content_length, rules=None):
         out += [(lname, value) for lname, _, value in headers
                 if lname not in _RESPONSE_DROP and lname not in drop and lname not in ruled]
         out += rules.pairs
+        if rules.defaults:                     # presets: only where the upstream sent none
+            out += rules.missing_pairs(headers)
     out.append((b"x-request-id", request_id))
     if content_length is not None and status != 204:
         out.append((b"content-length", b"%d" % content_length))
@@ -185,7 +190,7 @@ class H2Stream:
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
         "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
-        "is_head", "wants_json", "queued",
+        "is_head", "wants_json", "queued", "encoder", "cache", "tried", "lb", "set_cookie",
     )
 
     def __init__(self, proto, stream_id, request_id, started):
@@ -212,6 +217,10 @@ class H2Stream:
         self.route = None
         self.rules = None            # the route's `RouteRules` for this path, when it has header rules
         self.group = None            # the route's `UpstreamGroup` for this path
+        self.cache = None            # the `cache.CacheTap` on a cache-enabled location
+        self.tried = None            # addresses whose connection failed (retries: balancer.retry_for)
+        self.lb = None               # the group counting this exchange in flight (least_conn), to release
+        self.set_cookie = b""        # a sticky session's Set-Cookie line for the response
         self.upstream = None
         self.conn = None
         self.connector = None
@@ -226,6 +235,7 @@ class H2Stream:
         self.is_head = False
         self.wants_json = False
         self.queued = False          # body arrived during a corked upstream read: push at uncork
+        self.encoder = None          # a `compress` encoder while the response is being compressed
 
     # -- the exchange interface (proxy_engine.upstream) ---------------------------------
 
@@ -234,6 +244,11 @@ class H2Stream:
 
     def uncork(self):
         proto = self.proto
+        encoder = self.encoder
+        if encoder is not None and self.state is STREAMING:
+            data = encoder.flush()               # an upstream read of unknown length ends here
+            if data:
+                self._queue_encoded(data)
         proto.corked -= 1
         if self.queued:
             self.queued = False
@@ -263,6 +278,8 @@ class H2Stream:
             self.host, proto.is_trusted(self.router), framing, None, self.rules and self.rules.request)
         data = first_upstream_write(head, buffered, self.chunked, self.complete)
         conn.send(self, data, self.route.timeouts.response, self.is_head, False)
+        if self.cache is not None:
+            conn.exchange = self.cache           # the cache's tap relays the response to us
         if not self.complete and conn.state is not UPSTREAM_CLOSED:
             conn.transport.registerProducer(self, True)
             self.producing = True
@@ -272,8 +289,30 @@ class H2Stream:
     def upstream_connect_failed(self, failure):
         self.connector = None
         if self.state is not DONE:
+            if self._retry(failure):
+                return
+            if self.cache is not None and self.cache.connect_failed(failure):
+                return                   # a stale entry answered (stale-if-error)
             self._upstream_error(failure)
             self.proto.send_pending()
+
+    def _retry(self, failure):
+        """A connection attempt failed (health learns of it): try another upstream of the
+        group if the request is idempotent and sent no body (balancer.retry_for)."""
+        group = self.group
+        group.failed(self.upstream, failure)
+        if self.responded or not retryable(self.method, self.body_bytes):
+            return False
+        if self.tried is None:
+            self.tried = set()
+        upstream, cookie = retry_for(group, self.upstream, self.headers, self.tried)
+        if upstream is None:
+            return False
+        self.upstream = upstream
+        if cookie:
+            self.set_cookie = cookie
+        self.connector = self.proto.pool.acquire(upstream, self.route.timeouts.connect, self)
+        return True
 
     def upstream_head(self, conn):
         status = conn.status
@@ -281,14 +320,28 @@ class H2Stream:
         self.status = status
         self.state = STREAMING
         rules = self.rules and self.rules.response
-        headers = response_headers(status, conn.headers, self.request_id, conn.content_length, rules)
+        upstream_headers, length = conn.headers, conn.content_length
+        compression = self.route.compression
+        if compression is not None:      # response compression (proxy_engine.compress); a cache
+            # store must keep conn.headers (the identity representation), not these edits
+            upstream_headers, self.encoder = compression.response(
+                self.target, self.headers, self.is_head, status, upstream_headers, length, True)
+            if self.encoder is not None:
+                length = None
+        headers = response_headers(status, upstream_headers, self.request_id, length, rules)
         hsts = self.route.hsts
         if hsts and (rules is None or not rules.hsts):
             headers.append(header_pair(hsts))
+        if self.set_cookie:
+            headers.append(header_pair(self.set_cookie))
         self.bytes_out += sum(len(n) + len(v) + 4 for n, v in headers)
         self.proto.h2.send_headers(self.stream_id, headers)
 
     def upstream_body(self, data):
+        if self.encoder is not None:     # (a cache tap must see `data` before this: identity bytes)
+            data = self.encoder.compress(data)
+            if not data:
+                return                   # buffered by the encoder; out at the flush (uncork) or the end
         self.bytes_out += len(data)
         self.out.append(data)
         self.out_size += len(data)
@@ -300,6 +353,12 @@ class H2Stream:
     def upstream_done(self, conn, reusable):
         if self.state is DONE:
             return
+        encoder = self.encoder
+        if encoder is not None:
+            self.encoder = None
+            data = encoder.finish()
+            if data:
+                self._queue_encoded(data)
         self._detach(abort=False)
         if reusable and self.complete and conn.state is not UPSTREAM_CLOSED:
             self.proto.pool.release(conn)
@@ -308,6 +367,13 @@ class H2Stream:
         self.state = ENDING
         self.proto.push(self)
         self.proto.send_pending()
+
+    def _queue_encoded(self, data):
+        """Queue compressed bytes produced outside `upstream_body` (a flush, the end)."""
+        self.bytes_out += len(data)
+        self.out.append(data)
+        self.out_size += len(data)
+        self.queued = True               # pushed at uncork (or by upstream_done's push)
 
     def upstream_failed(self, conn, failure):
         if self.state is DONE:
@@ -319,6 +385,11 @@ class H2Stream:
             self.retried = True
             self.connector = self.proto.pool.connect(self.upstream, self.route.timeouts.connect, self)
             return
+        if not self.responded and not conn.got_bytes and isinstance(failure, TlsHandshakeFailed):
+            if self._retry(failure):
+                return
+        elif is_upstream_fault(failure):
+            self.group.failed(self.upstream, failure)
         self._upstream_error(failure)
         self.proto.send_pending()
 
@@ -411,6 +482,12 @@ class H2Stream:
             if kind is not None:
                 self.respond(403, None, cause=EXPLOIT_BLOCKED.format(EXPLOIT_CAUSES[kind]))
                 return
+        if route.cors is not None:       # CORS: a preflight is answered here; allow-origin joins the rules
+            preflight = route.cors.preflight(self.method, self.headers)
+            if preflight is not None:
+                self.respond(preflight.status, b"", preflight.pairs, cause=preflight.cause)
+                return
+            self.rules = route.cors.rules_for(self.rules, self.headers)
         if route.rate_limit is not None:
             limit = route.rate_limit.for_path(self.target)
             if limit is not None and not self._rate_limit(route, limit):
@@ -428,16 +505,42 @@ class H2Stream:
 
     def _authorized(self, route):
         """Stage 4: the client may use the host (forward auth hooks in here)."""
+        if route.forward_auth is not None:
+            self._forward_auth(route)            # `_forward_auth_done` carries on at _dispatch
+            return
         self._dispatch(route)
 
     def _dispatch(self, route):
         """Stage 5: answer locally if possible (the cache hooks in here), else `_connect`."""
+        if route.cache is not None and not route.cache.begin(self, self, self._cache_resumed):
+            return                       # answered from the cache, or waiting (collapsed miss, disk read)
         self._connect(route)
+
+    def _cache_resumed(self, stream):
+        """The cache's wait for this stream ended (reactor thread): answer it or go upstream."""
+        if self.state is not WAITING or self.responded or self.proto.state is CLOSED:
+            self.cache.abandon()
+            return
+        if self.cache.proceed():
+            self._connect(self.route)
+        self.proto.send_pending()
 
     def _connect(self, route):
         """Pick an upstream of the stream's group and get a connection to it."""
         proto = self.proto
-        self.upstream = upstream = self.group.pick()
+        group = self.group
+        if group.balanced:           # policies, health, sticky (proxy_engine.balancer)
+            router = self.router
+            upstream, self.set_cookie = choose_for(group, self.headers, proto.peer, proto.client_ip,
+                                                   proto.is_trusted(router), router.trusts)
+            if upstream is None:
+                self._upstream_error(NoHealthyUpstream())
+                return
+            if group.counts:
+                self.lb = group
+            self.upstream = upstream
+        else:
+            self.upstream = upstream = group.pick()
         if not self.complete and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in self.headers):
             proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
         self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
@@ -495,6 +598,41 @@ class H2Stream:
         self._authorized(self.route)
         proto.send_pending()
 
+    def _forward_auth(self, route):
+        """Ask the host's authentication service (`proxy_engine.forwardauth`); the body
+        waits unacknowledged meanwhile."""
+        proto = self.proto
+        factory = proto.factory
+        if factory.auth_client is None:
+            factory.auth_client = AuthClient(proto.reactor)
+        router = self.router
+        route.forward_auth.ask(factory.auth_client, self.method, self.target, self.host, factory.scheme, proto.peer,
+                               proto.client_ip, proto.is_trusted(router), router.trusts, self.headers,
+                               self._forward_auth_done)
+
+    def _forward_auth_done(self, decision):
+        """The authentication service decided about this stream (reactor thread)."""
+        proto = self.proto
+        if self.state is not WAITING or self.responded or proto.state is CLOSED:
+            return                       # refused meanwhile (413), reset, or the client left
+        kind = decision.kind
+        route = self.route
+        if kind is ALLOW:
+            self.headers = decision.apply(self.headers)
+            self._dispatch(route)
+            proto.send_pending()
+            return
+        _, pairs = with_cors(route, self.headers, b"", decision.pairs if kind is DENY else ())
+        if kind is DENY:
+            self.respond(decision.status, decision.body, pairs, cause=decision.cause,
+                         content_type=decision.content_type)
+        else:
+            proto.factory.events.on_upstream_error(
+                route.host.id, self.request_id, route.forward_auth.service, decision.status, decision.cause,
+                decision.detail, proto.reactor.seconds())
+            self.respond(decision.status, None, pairs, cause=decision.cause)
+        proto.send_pending()
+
     def request_data(self, data, flow_length):
         self.unacked += flow_length
         if self.state is ENDING and self.conn is None:
@@ -539,6 +677,8 @@ class H2Stream:
         if self.state is DONE:
             return
         self._detach(abort=True)
+        if self.cache is not None:
+            self.cache.abandon()
         if not self.responded and self.route is not None and self.route.kind == "proxy":
             self._record(ClientGone())
         self.status = 499
@@ -557,6 +697,8 @@ class H2Stream:
             content_type, body = error_body(status, cause, self.wants_json, self.request_id)
         headers = [(b":status", b"%d" % status), (b"content-type", content_type),
                    (b"content-length", b"%d" % len(body)), (b"x-request-id", self.request_id)]
+        if status == 204:                # no content-type / content-length on a 204 (RFC 9110 §8.6)
+            del headers[1:3]
         headers += extra
         self.bytes_out += sum(len(n) + len(v) + 4 for n, v in headers)
         self.state = ENDING
@@ -854,6 +996,10 @@ class H2Protocol(Protocol):
             return
         factory = self.factory
         factory.active -= 1
+        lb = stream.lb
+        if lb is not None:               # least_conn: the exchange is no longer in flight
+            stream.lb = None
+            lb.release(stream.upstream)
         traffic = factory.traffic
         if traffic is not None:
             route = stream.route

@@ -125,6 +125,8 @@ def client_response_head(status_line, headers, framing, connection=b"", rules=No
         parts += [name + b": " + value + b"\r\n" for lname, name, value in headers
                   if lname not in _RESPONSE_DROP and lname not in drop and lname not in ruled]
         parts.append(rules.lines)
+        if rules.defaults:                     # presets: only where the upstream sent none
+            parts.append(rules.missing(headers))
     parts += (framing, connection, b"\r\n")
     return b"".join(parts)
 

@@ -45,10 +45,14 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
-from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, REASONS, ClientGone, error_body
+from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
+from proxy_engine.cache import ResponseCache
+from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, REASONS, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.exploits import CAUSES as EXPLOIT_CAUSES
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
+from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
+from proxy_engine.health import HealthRegistry, is_upstream_fault
 from proxy_engine.headers import (LAST_CHUNK, accept_client, client_response_head, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
@@ -85,13 +89,19 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group",
+        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group", "encoder", "cache",
+        "tried", "lb", "set_cookie",
     )
 
     def __init__(self, request_id):
         self.request_id = request_id
         self.rules = None        # the route's `RouteRules` for this path, when it has header rules
         self.group = None        # the route's `UpstreamGroup` for this path (proxied requests)
+        self.tried = None        # addresses whose connection failed (retries: balancer.retry_for)
+        self.lb = None           # the group counting this exchange in flight (least_conn), to release
+        self.set_cookie = b""    # a sticky session's Set-Cookie line for the response
+        self.encoder = None      # a `compress` encoder while the response is being compressed
+        self.cache = None        # the `cache.CacheTap` on a cache-enabled location
         self.status = None       # what the client got (or 499: it left before the answer)
         self.target = b""
         self.headers = []
@@ -130,12 +140,15 @@ class ProxyFactory(Factory):
 
     def __init__(self, reactor, pool=None, scheme=b"http", header_timeout=30.0,
                  idle_timeout=75.0, max_head_size=16384, max_headers=100, events=None, request_ids=None,
-                 access_log=None, https_port=None, traffic=None):
+                 access_log=None, https_port=None, traffic=None, cache=None, cache_dir=None, health=None):
         self.reactor = reactor
         self.traffic = traffic           # proxy_engine.traffic.TrafficCounter, or None (off)
         self.https_port = https_port     # served HTTPS port: force-HTTPS redirects (http factory only)
         self.access_log = access_log     # proxy_engine.accesslog.AccessLog, or None (off)
+        self.auth_client = None          # proxy_engine.forwardauth.AuthClient, made on first use
         self.pool = pool if pool is not None else UpstreamPool(reactor)
+        # Health states and in-flight counts: per worker, shared like the pool (proxy_engine.health).
+        self.health = health if health is not None else HealthRegistry(reactor, self.pool)
         self.events = events if events is not None else NullSink()
         self.request_ids = request_ids if request_ids is not None else RequestIds()
         self.scheme = scheme
@@ -149,9 +162,15 @@ class ProxyFactory(Factory):
         self.run_in_thread = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
         # Rate-limit buckets of this worker (kept across snapshots); run_worker shares one with Redis.
         self.limiter = Limiter(reactor)
+        # Cached responses (proxy_engine.cache): one store per worker, shared by its factories.
+        self.cache = cache if cache is not None else ResponseCache(
+            reactor, directory=cache_dir, run_in_thread=lambda f, *a: self.run_in_thread(f, *a))
 
     def swap(self, snapshot):
-        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread, self.limiter)
+        self.health.update(snapshot)
+        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread, self.health,
+                        limiter=self.limiter)
+        self.cache.swap(snapshot, router, self.scheme)
         self.router = router
         addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
         addresses.update(u.address for h in snapshot.proxy_hosts for loc in h.locations for u in loc.upstreams)
@@ -238,6 +257,8 @@ class ProxyProtocol(Protocol):
         self.queue = None
         if request is not None:
             self._detach_upstream(request, abort=True)
+            if request.cache is not None:
+                request.cache.abandon()
             self.factory.active -= 1
             if not request.responded and state is not TUNNEL:
                 self._record(request, ClientGone())
@@ -456,6 +477,12 @@ class ProxyProtocol(Protocol):
             if kind is not None:
                 self._respond(request, 403, None, cause=EXPLOIT_BLOCKED.format(EXPLOIT_CAUSES[kind]))
                 return
+        if route.cors is not None:       # CORS: a preflight is answered here; allow-origin joins the rules
+            preflight = route.cors.preflight(request.method, request.headers)
+            if preflight is not None:
+                self._respond(request, preflight.status, b"", extra=preflight.lines, cause=preflight.cause)
+                return
+            request.rules = route.cors.rules_for(request.rules, request.headers)
         if route.rate_limit is not None:
             limit = route.rate_limit.for_path(request.target)
             if limit is not None and not self._rate_limit(request, route, limit):
@@ -473,15 +500,41 @@ class ProxyProtocol(Protocol):
 
     def _authorized(self, request, route):
         """Stage 4: the client may use the host (forward auth hooks in here)."""
+        if route.forward_auth is not None:
+            self._forward_auth(request, route)   # `_forward_auth_done` carries on at _dispatch
+            return
         self._dispatch(request, route)
 
     def _dispatch(self, request, route):
         """Stage 5: answer locally if possible (the cache hooks in here), else `_connect`."""
+        if route.cache is not None and not route.cache.begin(self, request, self._cache_resumed):
+            return                       # answered from the cache, or waiting (collapsed miss, disk read)
         self._connect(request, route)
+
+    def _cache_resumed(self, request):
+        """The cache's wait for `request` ended (reactor thread): answer it or go upstream."""
+        if self.active is not request or request.responded or self.state is not ACTIVE:
+            request.cache.abandon()
+            return
+        if request.cache.proceed():
+            self._connect(request, request.route)
 
     def _connect(self, request, route):
         """Pick an upstream of the request's group and get a connection to it."""
-        request.upstream = request.group.pick()
+        group = request.group
+        if group.balanced:           # policies, health, sticky (proxy_engine.balancer)
+            if self.trusted_for is not request.router:
+                self.trusted, self.trusted_for = request.router.trusts(self.peer), request.router
+            upstream, request.set_cookie = choose_for(group, request.headers, self.peer, self.client_ip,
+                                                      self.trusted, request.router.trusts)
+            if upstream is None:
+                self._upstream_error(request, NoHealthyUpstream())
+                return
+            if group.counts:
+                request.lb = group
+            request.upstream = upstream
+        else:
+            request.upstream = group.pick()
         if request.expect_continue and not request.complete:
             self._write(_CONTINUE)
         request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
@@ -535,6 +588,42 @@ class ProxyProtocol(Protocol):
             request.headers = strip_authorization(request.headers)
         self._authorized(request, route)
 
+    def _forward_auth(self, request, route):
+        """Ask the host's authentication service (`proxy_engine.forwardauth`) about `request`."""
+        router = request.router
+        if self.trusted_for is not router:
+            self.trusted, self.trusted_for = router.trusts(self.peer), router
+        factory = self.factory
+        if factory.auth_client is None:
+            factory.auth_client = AuthClient(self.reactor)
+        if not request.complete:
+            self.transport.pauseProducing()      # an uploading body waits (in the kernel) meanwhile
+        route.forward_auth.ask(factory.auth_client, request.method, request.target, request.host or b"",
+                               factory.scheme, self.peer, self.client_ip, self.trusted, router.trusts,
+                               request.headers, lambda decision: self._forward_auth_done(request, decision))
+
+    def _forward_auth_done(self, request, decision):
+        """The authentication service decided about `request` (reactor thread)."""
+        if self.active is not request or request.responded or self.state is not ACTIVE:
+            return                       # refused meanwhile, or the client left
+        if not request.complete:
+            self.transport.resumeProducing()
+        kind = decision.kind
+        route = request.route
+        if kind is ALLOW:
+            request.headers = decision.apply(request.headers)
+            self._dispatch(request, route)
+            return
+        lines, _ = with_cors(route, request.headers, decision.lines if kind is DENY else b"", ())
+        if kind is DENY:
+            self._respond(request, decision.status, decision.body, extra=lines, cause=decision.cause,
+                          content_type=decision.content_type)
+        else:
+            self.factory.events.on_upstream_error(
+                route.host.id, request.request_id, route.forward_auth.service, decision.status, decision.cause,
+                decision.detail, self.reactor.seconds())
+            self._respond(request, decision.status, None, extra=lines, cause=decision.cause)
+
     # -- upstream callbacks (the exchange interface) ------------------------------------
 
     def upstream_ready(self, conn):
@@ -566,6 +655,8 @@ class ProxyProtocol(Protocol):
             held += ((conn, piece) for piece in data)
             data = ()
         conn.send(self, data, request.route.timeouts.response, request.is_head, upgrade is not None)
+        if request.cache is not None:
+            conn.exchange = request.cache        # the cache's tap relays the response to us
         if request.chunked or request.content_length:
             conn.transport.registerProducer(self.transport, True)
             request.paired = 1
@@ -574,20 +665,50 @@ class ProxyProtocol(Protocol):
         request = self.active
         if request is not None:
             request.connector = None
+            if self._retry(request, failure):
+                return
+            if request.cache is not None and request.cache.connect_failed(failure):
+                return                   # a stale entry answered (stale-if-error)
             self._upstream_error(request, failure)
+
+    def _retry(self, request, failure):
+        """A connection attempt failed (health learns of it): try another upstream of the
+        group if the request is idempotent and sent no body (balancer.retry_for)."""
+        group = request.group
+        group.failed(request.upstream, failure)
+        if request.responded or not retryable(request.method, request.body_bytes) or self.state is CLOSED:
+            return False
+        if request.tried is None:
+            request.tried = set()
+        upstream, cookie = retry_for(group, request.upstream, request.headers, request.tried)
+        if upstream is None:
+            return False
+        request.upstream = upstream
+        if cookie:
+            request.set_cookie = cookie
+        request.connector = self.pool.acquire(upstream, request.route.timeouts.connect, self)
+        return True
 
     def upstream_head(self, conn):
         request = self.active
         status = conn.status
         request.responded = True
         request.status = status
+        headers, length = conn.headers, conn.content_length
+        compression = request.route.compression
+        if compression is not None:      # response compression (proxy_engine.compress); a cache
+            # store must keep conn.headers (the identity representation), not these edits
+            headers, request.encoder = compression.response(
+                request.target, request.headers, request.is_head, status, headers, length, request.version == b"1.1")
+            if request.encoder is not None:
+                length = None
         if request.is_head or status in (204, 304):
-            framing = b"Content-Length: %d\r\n" % conn.content_length if (
-                conn.content_length is not None and status != 204) else b""
+            framing = b"Content-Length: %d\r\n" % length if (
+                length is not None and status != 204) else b""
         elif status == 101:
             framing = b""
-        elif conn.content_length is not None:
-            framing = b"Content-Length: %d\r\n" % conn.content_length
+        elif length is not None:
+            framing = b"Content-Length: %d\r\n" % length
         elif request.version == b"1.1":
             framing = _CHUNKED
             request.chunk_out = True
@@ -603,20 +724,25 @@ class ProxyProtocol(Protocol):
             connection = _KEEP_ALIVE
         else:
             connection = b""
-        if status == 101 or conn.content_length is None or conn.content_length > _SMALL_BODY:
+        if status == 101 or length is None or length > _SMALL_BODY:
             self._pair(request, conn)
         reason = conn.reason or REASONS.get(status, b"")
         rules = request.rules and request.rules.response
         head = client_response_head(
-            b"HTTP/1.1 %d %s\r\n" % (status, reason), conn.headers,
-            b"X-Request-Id: %s\r\n%s%s" % (
-                request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing),
+            b"HTTP/1.1 %d %s\r\n" % (status, reason), headers,
+            b"X-Request-Id: %s\r\n%s%s%s" % (
+                request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing,
+                request.set_cookie),
             connection, rules)
         request.bytes_out += len(head)
         self._write(head)
 
     def upstream_body(self, data):
         request = self.active
+        if request.encoder is not None:  # (a cache tap must see `data` before this: identity bytes)
+            data = request.encoder.compress(data)
+            if not data:
+                return                   # buffered by the encoder; out at the flush (uncork) or the end
         request.bytes_out += len(data)
         if request.chunk_out:
             self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -627,6 +753,13 @@ class ProxyProtocol(Protocol):
         request = self.active
         if request is None:
             return
+        encoder = request.encoder
+        if encoder is not None:
+            request.encoder = None
+            data = encoder.finish()
+            if data:                     # (an empty chunk would end the body early)
+                request.bytes_out += len(data)
+                self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         if request.chunk_out:
             self._write(LAST_CHUNK)
         self._detach_upstream(request, abort=False)
@@ -647,6 +780,11 @@ class ProxyProtocol(Protocol):
             request.retried = True
             request.connector = self.pool.connect(request.upstream, request.route.timeouts.connect, self)
             return
+        if not request.responded and not conn.got_bytes and isinstance(failure, TlsHandshakeFailed):
+            if self._retry(request, failure):
+                return
+        elif is_upstream_fault(failure):
+            request.group.failed(request.upstream, failure)
         self._upstream_error(request, failure)
 
     def _pair(self, request, conn):
@@ -696,6 +834,8 @@ class ProxyProtocol(Protocol):
             return
         if request is self.active:
             self._detach_upstream(request, abort=True)
+            if request.cache is not None:
+                request.cache.abandon()      # a collapsed miss it led: its followers go on
         request.keep_alive = False
         self.queue = None
         self._respond(request, status, None, cause=CLIENT_ERRORS.get(status, "The request was refused."), close=True,
@@ -713,6 +853,8 @@ class ProxyProtocol(Protocol):
         request.close_after = close
         parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n" % (
             status, REASONS.get(status, b""), content_type, len(body), request.request_id), extra]
+        if status == 204:                # no Content-Type / Content-Length on a 204 (RFC 9110 §8.6)
+            parts[0] = b"HTTP/1.1 204 No Content\r\nX-Request-Id: %s\r\n" % request.request_id
         if close:
             parts.append(_CONNECTION_CLOSE)
         elif request.version == b"1.0":
@@ -785,6 +927,10 @@ class ProxyProtocol(Protocol):
     def _log(self, request, status):
         """One access log entry (see `proxy_engine.accesslog` for the tuple's fields), and
         the request counted for its proxy host (`proxy_engine.traffic`)."""
+        lb = request.lb
+        if lb is not None:               # least_conn: the exchange is no longer in flight
+            request.lb = None
+            lb.release(request.upstream)
         factory = self.factory
         traffic = factory.traffic
         if traffic is not None:
@@ -811,6 +957,12 @@ class ProxyProtocol(Protocol):
     def uncork(self):
         corked = self.corked
         if corked is not None:
+            request = self.active
+            if request is not None and request.encoder is not None:
+                data = request.encoder.flush()       # an upstream read of unknown length ends here
+                if data:
+                    request.bytes_out += len(data)
+                    corked += (b"%x\r\n" % len(data), data, b"\r\n")
             self.corked = None
             if corked:
                 send(self.transport, corked[0] if len(corked) == 1 else b"".join(corked))

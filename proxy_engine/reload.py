@@ -16,12 +16,16 @@ on the next tick. On success `on_snapshot(snapshot)` is called on the reactor th
 failure the error is logged (a `SnapshotError` lists paths and problems, never secret values)
 and the last good snapshot keeps serving.
 
-Status hook: when given, `on_status(revision, error, hosts)` is called in a thread (never on
-the reactor thread) after every swap and every failed load or parse, and at least every
-`status_interval` seconds as a heartbeat: `revision` is the served one (None before the first
-good snapshot), `error` the last load/parse error (None once a later revision is served) and
-`hosts` the ids of the proxy hosts a `SnapshotError` names by path (`proxy_hosts[2]...`).
-Its failures are logged and otherwise ignored.
+Status hook: when given, `on_status(revision, error, hosts, health)` is called in a thread
+(never on the reactor thread) after every swap and every failed load or parse, and at least
+every `status_interval` seconds as a heartbeat: `revision` is the served one (None before the
+first good snapshot), `error` the last load/parse error (None once a later revision is served),
+`hosts` the ids of the proxy hosts a `SnapshotError` names by path (`proxy_hosts[2]...`) and
+`health` what the `health()` callable returns on the reactor thread (the upstream health of
+checked hosts, `proxy_engine.health.HealthRegistry.report`; None without one).
+`health_changed()` (an upstream went up or down) sends a report soon: at once if none went
+out in the last `health_report_delay` seconds, else when that delay is over (one report for a
+burst of flips). Its failures are logged and otherwise ignored.
 
 The Redis subscriber is a daemon thread using redis-py: it subscribes to `gatehouse:config`,
 hands each message to the reactor with `callFromThread`, and reconnects with exponential
@@ -73,7 +77,7 @@ def _failing_host_ids(document, exc):
 class ConfigWatcher:
     def __init__(self, reactor, load_document, current_revision, on_snapshot, redis_url=None,
                  poll_interval=2.0, parse=parse_snapshot, run_in_thread=None, channel=CHANNEL,
-                 on_status=None, status_interval=30.0, clock=None):
+                 on_status=None, status_interval=30.0, clock=None, health=None, health_report_delay=1.0):
         self.reactor = reactor
         self.load_document = load_document
         self.current_revision = current_revision
@@ -92,6 +96,9 @@ class ConfigWatcher:
         self.on_status = on_status
         self.status_interval = status_interval
         self.error_hosts = ()
+        self.health = health
+        self.health_report_delay = health_report_delay
+        self._health_call = None
         self._clock = clock or reactor.seconds
         self._status_sent_at = None
         self._poll_call = None
@@ -115,6 +122,9 @@ class ConfigWatcher:
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         self._poll_call = None
+        if self._health_call is not None and self._health_call.active():
+            self._health_call.cancel()
+        self._health_call = None
 
     # -- triggers (reactor thread) ------------------------------------------------------
 
@@ -200,12 +210,30 @@ class ConfigWatcher:
             self._report_status()
         self._maybe_again()
 
+    def health_changed(self):
+        """An upstream's health flipped: report soon, without flooding (module docstring)."""
+        if self.on_status is None or self.state is STOPPED or self._health_call is not None:
+            return
+        sent = self._status_sent_at
+        wait = 0.0 if sent is None else max(0.0, sent + self.health_report_delay - self._clock())
+        self._health_call = self.reactor.callLater(wait, self._health_report)
+
+    def _health_report(self):
+        self._health_call = None
+        if self.state is not STOPPED:
+            self._report_status()
+
     def _report_status(self):
-        """Hand (served revision, last error, failing host ids) to `on_status` in a thread."""
+        """Hand (served revision, last error, failing host ids, health) to `on_status` in a thread."""
         if self.on_status is None:
             return
         self._status_sent_at = self._clock()
-        d = self.run_in_thread(self.on_status, self.revision, self.last_error, self.error_hosts)
+        try:
+            health = self.health() if self.health is not None else None
+        except Exception:
+            log.exception("could not collect the upstream health")
+            health = None
+        d = self.run_in_thread(self.on_status, self.revision, self.last_error, self.error_hosts, health)
         d.addErrback(lambda failure: log.warning("could not report the engine status: %s", failure.value))
 
     def _maybe_again(self):

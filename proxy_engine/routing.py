@@ -15,11 +15,15 @@ authorization (bytes) for a published token, None for any other path under
 `/.well-known/acme-challenge/` (a 404), and `NOT_ACME` for every other path.
 
 The Router and its routes are owned by one snapshot and never mutated after build, apart
-from the round-robin cursors inside each group.
+from the round-robin cursors inside each group (health states and in-flight counts live in
+the worker's `health.HealthRegistry`, which outlives snapshots).
 """
 from proxy_engine.access import AccessPolicy
-from proxy_engine.balancer import UpstreamGroup
+from proxy_engine.balancer import build_group
+from proxy_engine.compress import build_route_compression
+from proxy_engine.cors import build_cors
 from proxy_engine.exploits import blocked as exploit_blocked
+from proxy_engine.forwardauth import ForwardAuth
 from proxy_engine.headerrules import build_route_rules
 from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
 from proxy_engine.ratelimit import Limiter, build_route_limits
@@ -30,10 +34,10 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access", "rate_limit", "exploits")
+                 "header_rules", "access", "cors", "forward_auth", "compression", "cache", "rate_limit", "exploits")
     kind = "proxy"
 
-    def __init__(self, host, scheme=b"http", https_port=None, tls=None):
+    def __init__(self, host, scheme=b"http", https_port=None, tls=None, health=None):
         self.host = host
         # Plain HTTP with force_https and a servable certificate: b"" or b":port" for the
         # 301 to https; else None. HTTPS with hsts: the header line, else b"".
@@ -51,10 +55,17 @@ class ProxyRoute:
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
         self.rate_limit = None   # `ratelimit.RouteLimits` when the host or a location limits, set by the Router
         self.exploits = exploit_blocked if host.block_exploits else None   # (target, headers) -> None or a kind
-        self.group = UpstreamGroup(host.upstreams)
+        self.cors = build_cors(host.cors)          # `cors.CorsPolicy`, or None
+        self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
+        # None when no path of the host compresses, else `compress.RouteCompression`.
+        self.compression = build_route_compression(host)
+        self.cache = None        # `cache.CachePolicy` when the host caches, set by `ResponseCache.swap`
+        # `balancer.UpstreamGroup` (plain round robin) or `BalancedGroup` (policies, health,
+        # sticky); `health` is the worker's `health.HealthRegistry` (None: no health states).
+        self.group = build_group(host, host.upstreams, health)
         locations = []
         for loc in host.locations:
-            group = UpstreamGroup(loc.upstreams) if loc.upstreams else self.group
+            group = build_group(host, loc.upstreams, health) if loc.upstreams else self.group
             locations.append((loc.path.encode("ascii"), group))
         locations.sort(key=lambda item: len(item[0]), reverse=True)
         self.locations = tuple(locations)
@@ -109,7 +120,7 @@ def normalize_host(raw):
 class Router:
     __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default", "acme")
 
-    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None, limiter=None):
+    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None, health=None, limiter=None):
         exact = {}
         wildcard = {}
 
@@ -125,7 +136,7 @@ class Router:
             if host.access_list and host.access_list not in policies:
                 add(host.domains, closed)    # fail closed: a missing access list must not leave the host open
                 continue
-            route = ProxyRoute(host, scheme, https_port, snapshot.tls)
+            route = ProxyRoute(host, scheme, https_port, snapshot.tls, health)
             if host.access_list:
                 route.access = policies[host.access_list]
             if host.rate_limit is not None or any(loc.rate_limit is not None for loc in host.locations):

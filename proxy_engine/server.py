@@ -22,7 +22,8 @@ and the access log with the plain one (which gets the HTTPS port for force-HTTPS
 the reactor's thread pool (see `proxy_engine.reload`). So does `record_upstream_errors(events,
 dropped)`, the writer of the upstream error sink (`proxy_engine.events`), when given; what
 is still buffered is written after the drain, before the worker exits. So does
-`on_status(revision, error, hosts)`, the worker's status report (`ConfigWatcher`).
+`on_status(revision, error, hosts, health)`, the worker's status report (`ConfigWatcher`;
+`health` is the worker's `HealthRegistry.report()`, sent again soon after an upstream flips).
 """
 import ctypes
 import logging
@@ -95,7 +96,7 @@ def _drain(reactor, factories, ports, timeout):
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
                poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None,
                access_log="off", https_port=None, tls_server=None, on_status=None,
-               on_traffic=None, traffic_interval=10.0):
+               on_traffic=None, traffic_interval=10.0, cache_dir=None):
     """Run one reactor serving the engine until it is stopped (signals stop it).
 
     `access_log` is a path, "-" (stdout) or "off" (`proxy_engine.accesslog.open_access_log`).
@@ -111,11 +112,12 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
     requests_log = open_access_log(reactor, access_log)
     traffic = TrafficCounter(reactor, on_traffic, interval=traffic_interval) if on_traffic else None
     serve_https = bool(https_port and tls_server is not None)
-    factory = ProxyFactory(reactor, events=events, access_log=requests_log, traffic=traffic,
+    factory = ProxyFactory(reactor, events=events, access_log=requests_log, traffic=traffic, cache_dir=cache_dir,
                            https_port=https_port if serve_https else None)
     factories = [factory]
     if serve_https:
-        secure = ProxyFactory(reactor, pool=factory.pool, scheme=b"https", events=events,
+        secure = ProxyFactory(reactor, pool=factory.pool, health=factory.health, scheme=b"https", events=events,
+                              cache=factory.cache,
                               request_ids=factory.request_ids, access_log=requests_log,
                               traffic=traffic)
         secure.h2_protocol_class = _h2_protocol_class() if tls_server.h2_enabled else None
@@ -137,7 +139,9 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
             f.swap(snapshot)
 
     watcher = ConfigWatcher(reactor, load_document, current_revision, swap, parse=parse,
-                            redis_url=redis_url, poll_interval=poll_interval, on_status=on_status)
+                            redis_url=redis_url, poll_interval=poll_interval, on_status=on_status,
+                            health=factory.health.report)
+    factory.health.on_change = watcher.health_changed
     ports = serve(reactor, factory, addresses, http_port, reuse_port=reuse_port)
     log.info("engine worker %s listening on %s port %s", os.getpid(), ", ".join(addresses), http_port)
     if serve_https:
@@ -149,6 +153,7 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
         reactor.callWhenRunning(traffic.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
     reactor.addSystemEventTrigger("before", "shutdown", limiter.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", factory.health.stop)
     reactor.addSystemEventTrigger(
         "before", "shutdown",
         lambda: _drain(reactor, factories, ports, drain_timeout).addCallback(lambda _: events.stop())
@@ -173,11 +178,12 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
         redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
         record_upstream_errors=None, access_log="off", default_certificate=None, on_status=None,
-        on_traffic=None, traffic_interval=10.0):
+        on_traffic=None, traffic_interval=10.0, cache_dir=None):
     """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers.
 
     `https_port` (None/0: no HTTPS); `default_certificate`: a PEM file with the certificate
-    and key of the TLS fallback (default: a self-signed one made at start).
+    and key of the TLS fallback (default: a self-signed one made at start); `cache_dir`: the
+    directory of the cache's disk tier (used only when the snapshot's settings.cache.disk_bytes > 0).
     """
     addresses = [a.strip() for a in bind.split(",") if a.strip()] or ["0.0.0.0"]
     tls_server = None
@@ -189,7 +195,7 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
                   poll_interval=poll_interval, drain_timeout=drain_timeout,
                   record_upstream_errors=record_upstream_errors, access_log=access_log,
                   https_port=https_port, tls_server=tls_server, on_status=on_status,
-                  on_traffic=on_traffic, traffic_interval=traffic_interval)
+                  on_traffic=on_traffic, traffic_interval=traffic_interval, cache_dir=cache_dir)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0

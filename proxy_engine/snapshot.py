@@ -46,14 +46,14 @@ class Upstream:
     weight: int = 1
     verify: bool = True          # https only: False = no certificate verification
     ca_pem: str | None = None    # https only: trust these CAs instead of the system's
+    # The key of state that outlives snapshots (connection pools, health); an https address
+    # includes its TLS options, so differently verified connections are never shared.
+    # Computed once here: it is read on every request (pool, balancer).
+    address: tuple = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self):
-        """The key of state that outlives snapshots (connection pools); an https address
-        includes its TLS options, so differently verified connections are never shared."""
-        if self.scheme == "http":
-            return ("http", self.host, self.port)
-        return (self.scheme, self.host, self.port, self.verify, self.ca_pem)
+    def __post_init__(self):
+        object.__setattr__(self, "address", ("http", self.host, self.port) if self.scheme == "http"
+                           else (self.scheme, self.host, self.port, self.verify, self.ca_pem))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,47 @@ class RateLimitConfig:
     per: float
     burst: int = 0
     key: str = "ip"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """`cache` of a host or location (proxy_engine.cache)."""
+    enabled: bool = False
+    default_ttl: float = 0.0     # seconds of freshness for cacheable responses without any; 0 = not stored
+    stale_if_error: float = 0.0  # seconds a stale entry may answer when the upstream fails
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    memory_bytes: int = 64 << 20
+    disk_bytes: int = 0          # 0 = no disk tier
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active check: GET `path` every `interval` s (bounded by `timeout`); a status within
+    `expect` (inclusive) is a success; `healthy` / `unhealthy` consecutive results flip it."""
+    path: str = "/"
+    interval: float = 10.0
+    timeout: float = 2.0
+    expect: tuple = (200, 399)
+    healthy: int = 2
+    unhealthy: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveCheck:
+    """`failures` failed exchanges within `window` s mark an upstream down for `cooldown` s."""
+    failures: int = 3
+    window: float = 10.0
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Sticky sessions by cookie; `max_age` 0 = a session cookie."""
+    cookie: str = "gh_sticky"
+    max_age: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +147,33 @@ class Certificate:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsOptions:
+    """A host's CORS policy (`proxy_engine.cors`); origins lower-case, ("*",) for any."""
+    origins: tuple
+    methods: tuple = ("GET", "HEAD", "POST")
+    headers: tuple = ()          # allowed request headers, or ("*",)
+    expose: tuple = ()
+    credentials: bool = False
+    max_age: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAuthOptions:
+    """A host's forward-auth service (`proxy_engine.forwardauth`)."""
+    url: str
+    response_headers: tuple = ()  # names copied from a 2xx auth answer into the upstream request
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyHost:
     id: int
     domains: tuple
     upstreams: tuple
     policy: str = "round_robin"
-    health_check: object = None
+    health_check: object = None      # HealthCheck or None
+    passive: object = None           # PassiveCheck or None
+    sticky: object = None            # Sticky or None
     websockets: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_size: int | None = None
@@ -124,6 +186,11 @@ class ProxyHost:
     response_headers: HeaderRules = field(default_factory=HeaderRules)
     block_exploits: bool = False
     locations: tuple = ()
+    security_headers: bool = False
+    hide_upstream_identity: bool = False
+    cors: CorsOptions | None = None
+    forward_auth: ForwardAuthOptions | None = None
+    cache_generation: int = 0    # the dashboard's purge increments it
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +220,7 @@ class Settings:
     default_site: DefaultSite = field(default_factory=DefaultSite)
     trusted_proxies: tuple = ()   # ipaddress networks
     tls_fallback: str = "self_signed"   # HTTPS client naming no known host: "self_signed" | "reject"
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +407,85 @@ def _header_directions(r, obj, path):
             _header_rules(r, headers.get("response"), f"{path}.response"))
 
 
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s/?#@]+$")
+_METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _names(r, obj, key, path, check):
+    """A list of strings under `key` (absent: empty), each passed through `check(value, path)`."""
+    out = []
+    for i, value in enumerate(r.get(obj, key, path, list, [])):
+        checked = check(value, f"{path}.{key}[{i}]")
+        if checked is not None:
+            out.append(checked)
+    return tuple(out)
+
+
+def _cors(r, raw, path):
+    if raw is None:
+        return None
+    c = r.mapping(raw, path)
+
+    def origin(value, where):
+        if value == "*":
+            return value
+        if not isinstance(value, str) or not value.isascii() or not _ORIGIN.match(value.lower().rstrip("/")):
+            r.error(where, f"{str(value)[:80]!r} is not an origin (scheme://host[:port]) or '*'")
+            return None
+        return value.lower().rstrip("/")
+
+    def method(value, where):
+        if not isinstance(value, str) or not _METHOD.match(value):
+            r.error(where, f"{str(value)[:40]!r} is not an HTTP method or '*'")
+            return None
+        return value if value == "*" else value.upper()
+
+    def header(value, where):
+        if value == "*" or isinstance(value, str) and _HEADER_NAME.match(value):
+            return value
+        r.error(where, f"{str(value)[:60]!r} is not a valid header name or '*'")
+        return None
+
+    if "origins" not in c:
+        r.error(f"{path}.origins", "is required")
+    origins = _names(r, c, "origins", path, origin)
+    if "origins" in c and not origins and not any(e.startswith(f"{path}.origins") for e in r.errors):
+        r.error(f"{path}.origins", "needs at least one origin (or '*')")
+    if "*" in origins and len(origins) > 1:
+        r.error(f"{path}.origins", "'*' must be the only origin")
+    methods = _names(r, c, "methods", path, method) if "methods" in c else ("GET", "HEAD", "POST")
+    credentials = r.get(c, "credentials", path, bool, False)
+    max_age = r.get(c, "max_age", path, float, 600.0)
+    if max_age is not None and not 0 <= max_age <= 86400:
+        r.error(f"{path}.max_age", f"must be between 0 and 86400 seconds, got {max_age}")
+    expose = _names(r, c, "expose", path, header)
+    return CorsOptions(origins, methods, _names(r, c, "headers", path, header), expose,
+                       bool(credentials), max_age if max_age is not None else 600.0)
+
+
+def _forward_auth(r, raw, path):
+    if raw is None:
+        return None
+    f = r.mapping(raw, path)
+    url = _http_url(r, r.get(f, "url", path, str), f"{path}.url")
+    if url is not None and not url.isascii():
+        r.error(f"{path}.url", "must be ASCII (punycode host, percent-encoded path)")
+        url = None
+
+    def header(value, where):
+        name = _header_name(r, value, where)
+        if name is not None and name.lower() == "host":
+            r.error(where, "Host cannot be copied from the authentication service")
+            return None
+        return name
+
+    names = _names(r, f, "response_headers", path, header)
+    timeout = r.get(f, "timeout", path, float, 5.0)
+    if timeout is not None and not 0 < timeout <= 300:
+        r.error(f"{path}.timeout", f"must be greater than 0 and at most 300 seconds, got {timeout}")
+    return ForwardAuthOptions(url or "", names, timeout or 5.0)
+
+
 def _positive(r, value, path):
     if value is not None and not value > 0:
         r.error(path, f"must be greater than 0, got {value}")
@@ -378,13 +525,7 @@ def _proxy_host(r, raw, path, seen):
     policy = r.get(lb, "policy", f"{path}.load_balancing", str, "round_robin")
     if policy not in POLICIES:
         r.error(f"{path}.load_balancing.policy", f"must be one of {', '.join(POLICIES)}, got {policy!r}")
-    health = r.get(lb, "health_check", f"{path}.load_balancing", dict, None, allow_none=True)
-    if health is not None:
-        hp = f"{path}.load_balancing.health_check"
-        hpath = r.get(health, "path", hp, str)
-        if hpath is not None and not hpath.startswith("/"):
-            r.error(f"{hp}.path", "must start with /")
-        _positive(r, r.get(health, "interval", hp, float), f"{hp}.interval")
+    health, passive, sticky = _load_balancing(r, lb, f"{path}.load_balancing")
     tp = f"{path}.timeouts"
     t = r.mapping(r.get(h, "timeouts", path, dict, {}), tp)
     timeouts = Timeouts(
@@ -394,10 +535,7 @@ def _proxy_host(r, raw, path, seen):
     max_body = r.get(h, "max_body_size", path, int, None, allow_none=True)
     if max_body is not None and max_body < 0:
         r.error(f"{path}.max_body_size", f"must be 0 or more, got {max_body}")
-    compression = r.get(h, "compression", path, list, [])
-    for i, name in enumerate(compression):
-        if name not in ("gzip", "br", "zstd"):
-            r.error(f"{path}.compression[{i}]", f"unknown encoding {str(name)[:20]!r}")
+    compression = _compression(r, r.get(h, "compression", path, list, []), f"{path}.compression")
     request_headers, response_headers = _header_directions(r, r.get(h, "headers", path, dict, {}), f"{path}.headers")
     locations = []
     seen_paths = set()
@@ -414,10 +552,11 @@ def _proxy_host(r, raw, path, seen):
         locations.append(Location(
             path=loc_path or "/",
             upstreams=_upstreams(r, loc, lp, required=False),
-            cache=r.get(loc, "cache", lp, dict, None, allow_none=True),
+            cache=_cache_options(r, r.get(loc, "cache", lp, dict, None, allow_none=True), f"{lp}.cache"),
             headers=_header_directions(r, r.get(loc, "headers", lp, dict, None, allow_none=True), f"{lp}.headers")
             if loc.get("headers") is not None else None,
-            compression=r.get(loc, "compression", lp, list, None, allow_none=True),
+            compression=_compression(r, r.get(loc, "compression", lp, list, None, allow_none=True),
+                                     f"{lp}.compression"),
             rate_limit=_rate_limit(r, r.get(loc, "rate_limit", lp, dict, None, allow_none=True), f"{lp}.rate_limit"),
         ))
     return ProxyHost(
@@ -426,19 +565,133 @@ def _proxy_host(r, raw, path, seen):
         upstreams=upstreams,
         policy=policy or "round_robin",
         health_check=health,
+        passive=passive,
+        sticky=sticky,
         websockets=bool(r.get(h, "websockets", path, bool, False)),
         timeouts=timeouts,
         max_body_size=max_body,
         ssl=_ssl_options(r, r.get(h, "ssl", path, dict, None, allow_none=True), f"{path}.ssl"),
         access_list=r.get(h, "access_list", path, str, None, allow_none=True),
-        compression=tuple(compression or ()),
-        cache=r.get(h, "cache", path, dict, None, allow_none=True),
+        compression=compression or (),
+        cache=_cache_options(r, r.get(h, "cache", path, dict, None, allow_none=True), f"{path}.cache"),
+        cache_generation=_cache_generation(r, h, path),
         rate_limit=_rate_limit(r, r.get(h, "rate_limit", path, dict, None, allow_none=True), f"{path}.rate_limit"),
         request_headers=request_headers,
         response_headers=response_headers,
         block_exploits=bool(r.get(h, "block_exploits", path, bool, False)),
         locations=tuple(locations),
+        security_headers=bool(r.get(h, "security_headers", path, bool, False)),
+        hide_upstream_identity=bool(r.get(h, "hide_upstream_identity", path, bool, False)),
+        cors=_cors(r, r.get(h, "cors", path, dict, None, allow_none=True), f"{path}.cors"),
+        forward_auth=_forward_auth(r, r.get(h, "forward_auth", path, dict, None, allow_none=True),
+                                   f"{path}.forward_auth"),
     )
+
+
+def _seconds(r, value, path):
+    """A duration > 0 and at most a day (None if not)."""
+    if value is not None and not 0 < value <= 86400:
+        r.error(path, f"must be more than 0 and at most 86400 seconds, got {value}")
+        return None
+    return value
+
+
+def _int_in(r, value, path, low, high):
+    if value is not None and not low <= value <= high:
+        r.error(path, f"{value} out of range {low}-{high}")
+        return None
+    return value
+
+
+def _load_balancing(r, lb, path):
+    """(HealthCheck | None, PassiveCheck | None, Sticky | None) of a `load_balancing` mapping."""
+    health = passive = sticky = None
+    raw = r.get(lb, "health_check", path, dict, None, allow_none=True)
+    if raw is not None:
+        hp = f"{path}.health_check"
+        hpath = r.get(raw, "path", hp, str)
+        if hpath is not None and (not hpath.startswith("/") or any(ord(c) <= 32 or ord(c) == 127 for c in hpath)):
+            r.error(f"{hp}.path", "must start with / and contain no spaces or control characters")
+            hpath = None
+        interval = _seconds(r, r.get(raw, "interval", hp, float), f"{hp}.interval")
+        timeout = _seconds(r, r.get(raw, "timeout", hp, float, 2.0), f"{hp}.timeout")
+        expect = r.get(raw, "expect", hp, list, [200, 399])
+        if expect is not None and (len(expect) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in expect)
+                or expect[0] > expect[1]):
+            r.error(f"{hp}.expect", f"must be [lowest, highest] statuses within 100-599, got {str(expect)[:40]}")
+            expect = None
+        healthy = _int_in(r, r.get(raw, "healthy", hp, int, 2), f"{hp}.healthy", 1, 100)
+        unhealthy = _int_in(r, r.get(raw, "unhealthy", hp, int, 3), f"{hp}.unhealthy", 1, 100)
+        if None not in (hpath, interval, timeout, expect, healthy, unhealthy):
+            health = HealthCheck(hpath, interval, timeout, tuple(expect), healthy, unhealthy)
+    raw = r.get(lb, "passive", path, dict, None, allow_none=True)
+    if raw is not None:
+        pp = f"{path}.passive"
+        failures = _int_in(r, r.get(raw, "failures", pp, int, 3), f"{pp}.failures", 1, 1000)
+        window = _seconds(r, r.get(raw, "window", pp, float, 10.0), f"{pp}.window")
+        cooldown = _seconds(r, r.get(raw, "cooldown", pp, float, 30.0), f"{pp}.cooldown")
+        if None not in (failures, window, cooldown):
+            passive = PassiveCheck(failures, window, cooldown)
+    raw = r.get(lb, "sticky", path, dict, None, allow_none=True)
+    if raw is not None:
+        sp = f"{path}.sticky"
+        cookie = r.get(raw, "cookie", sp, str, "gh_sticky")
+        if cookie is not None and (not _HEADER_NAME.match(cookie) or len(cookie) > 64):
+            r.error(f"{sp}.cookie", f"{cookie[:40]!r} is not a cookie name (1-64 token characters)")
+            cookie = None
+        max_age = r.get(raw, "max_age", sp, float, 0.0)
+        if max_age is not None and not 0 <= max_age <= 10 * 365 * 86400:
+            r.error(f"{sp}.max_age", f"must be 0 (session) to 10 years in seconds, got {max_age}")
+            max_age = None
+        if cookie is not None and max_age is not None:
+            sticky = Sticky(cookie, max_age)
+    return health, passive, sticky
+
+
+def _compression(r, names, path):
+    """A compression list as a tuple of known encoding names (None stays None: inherit)."""
+    if names is None:
+        return None
+    for i, name in enumerate(names):
+        if name not in ("gzip", "br", "zstd"):
+            r.error(f"{path}[{i}]", f"unknown encoding {str(name)[:20]!r} (gzip, br or zstd)")
+    return tuple(names)
+
+
+def _cache_options(r, raw, path):
+    """None (absent / inherit) or `CacheOptions`."""
+    if raw is None:
+        return None
+    enabled = r.get(raw, "enabled", path, bool, False)
+    ttl = r.get(raw, "default_ttl", path, float, 0.0)
+    stale = r.get(raw, "stale_if_error", path, float, 0.0)
+    for key, value in (("default_ttl", ttl), ("stale_if_error", stale)):
+        if value is not None and not 0 <= value < float("inf"):
+            r.error(f"{path}.{key}", f"must be 0 or more seconds, got {value}")
+    return CacheOptions(bool(enabled), ttl if ttl and ttl > 0 else 0.0, stale if stale and stale > 0 else 0.0)
+
+
+def _cache_generation(r, h, path):
+    generation = r.get(h, "cache_generation", path, int, 0)
+    if generation is not None and generation < 0:
+        r.error(f"{path}.cache_generation", f"must be 0 or more, got {generation}")
+        return 0
+    return generation or 0
+
+
+def _cache_settings(r, raw):
+    if raw is None:
+        return CacheSettings()
+    memory = r.get(raw, "memory_bytes", "settings.cache", int, 64 << 20)
+    disk = r.get(raw, "disk_bytes", "settings.cache", int, 0)
+    if memory is not None and memory < 0:
+        r.error("settings.cache.memory_bytes", f"must be 0 or more, got {memory}")
+        memory = None
+    if disk is not None and disk < 0:
+        r.error("settings.cache.disk_bytes", f"must be 0 or more, got {disk}")
+        disk = None
+    return CacheSettings(64 << 20 if memory is None else memory, disk or 0)
 
 
 def _ssl_options(r, raw, path):
@@ -492,7 +745,8 @@ def _settings(r, raw):
     fallback = r.get(s, "tls_fallback", "settings", str, "self_signed")
     if fallback not in ("self_signed", "reject"):
         r.error("settings.tls_fallback", f"must be self_signed or reject, got {fallback!r}")
-    return Settings(DefaultSite(action or "404", to, body), tuple(networks), fallback or "self_signed")
+    cache = _cache_settings(r, r.get(s, "cache", "settings", dict, None, allow_none=True))
+    return Settings(DefaultSite(action or "404", to, body), tuple(networks), fallback or "self_signed", cache=cache)
 
 
 def _access_lists(r, items):

@@ -36,12 +36,12 @@ def test_the_watcher_reports_each_swap_each_new_error_and_a_heartbeat():
     holder, reports = {"doc": document(revision=1)}, []
     clock, watcher = watcher_with(holder, reports)
     watcher.start()
-    assert reports == [(1, None, ())]
+    assert reports == [(1, None, (), None)]
     bad = document(revision=2)
     bad["proxy_hosts"][0]["upstreams"][0]["port"] = 70000
     holder["doc"] = bad
     clock.advance(2)
-    revision, error, hosts = reports[-1]
+    revision, error, hosts, health = reports[-1]
     assert revision == 1 and "proxy_hosts[0].upstreams[0].port" in error
     assert hosts == (bad["proxy_hosts"][0]["id"],)
     count = len(reports)
@@ -51,7 +51,7 @@ def test_the_watcher_reports_each_swap_each_new_error_and_a_heartbeat():
     assert len(reports) == count + 1 and reports[-1][1] == error
     holder["doc"] = document(revision=3)
     clock.advance(2)
-    assert reports[-1] == (3, None, ())
+    assert reports[-1] == (3, None, (), None)
 
 
 def test_a_failing_status_hook_does_not_stop_the_watcher():

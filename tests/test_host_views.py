@@ -121,8 +121,8 @@ def test_creating_a_host_with_every_section_saves_it_owned_by_the_creator(as_use
     assert saved.domains == ["app.home.test", "www.home.test"] and saved.owner == creator
     assert saved.upstreams == [{"scheme": "http", "host": "10.0.1.10", "port": 3000, "weight": 3},
                                {"scheme": "https", "host": "10.0.1.11", "port": 443, "weight": 1, "verify": False}]
-    assert (saved.lb_policy, saved.health_check, saved.max_body_size) == ("least_conn", {"path": "/health", "interval": 30.0}, 100 * 1024**2)
-    assert saved.cache == {"enabled": True, "default_ttl": 300.0} and saved.compression == ["gzip", "br"]
+    assert (saved.lb_policy, saved.health_check, saved.max_body_size) == ("least_conn", {"path": "/health", "interval": 30.0, "timeout": 2.0, "expect": [200, 399], "healthy": 2, "unhealthy": 3}, 100 * 1024**2)
+    assert saved.cache == {"enabled": True, "default_ttl": 300.0, "stale_if_error": 0.0} and saved.compression == ["gzip", "br"]
     assert saved.rate_limit == {"requests": 10, "per": 60.0, "key": "ip", "burst": 0}
     assert saved.headers["response"] == {"set": {}, "remove": ["Server"]}
     assert saved.access_list == access_list and saved.force_https and saved.block_exploits

@@ -41,7 +41,7 @@ def test_snapshot_holds_enabled_hosts_only_in_engine_form():
     assert served["timeouts"] == {"connect": 2.5, "response": 60.0}
     assert served["max_body_size"] == 1024
     assert served["locations"][0]["path"] == "/static/"
-    assert served["locations"][0]["cache"] == {"enabled": True, "default_ttl": 86400.0}
+    assert served["locations"][0]["cache"] == {"enabled": True, "default_ttl": 86400.0, "stale_if_error": 0.0}
     assert served["headers"] == {"request": {"set": {}, "remove": []}, "response": {"set": {}, "remove": []}}
     assert doc["redirection_hosts"][0]["code"] == 308
     assert doc["dead_hosts"][0]["domains"] == ["gone.example.test"]

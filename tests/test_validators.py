@@ -127,14 +127,15 @@ def test_duration_rejects(raw):
 
 @pytest.mark.parametrize("raw, total, canonical", [
     ("100m", 100 * 1024**2, "100m"), ("512k", 512 * 1024, "512k"), ("1g", 1024**3, "1g"),
-    (1500, 1500, "1500"), ("2048", 2048, "2k"),
+    (1500, 1500, "1500"), ("2048", 2048, "2k"), ("64MiB", 64 * 1024**2, "64m"), ("10 GB", 10 * 1024**3, "10g"),
+    ("300b", 300, "300"),
 ])
 def test_size_round_trips(raw, total, canonical):
     assert v.size(raw) == total
     assert v.format_size(total) == canonical
 
 
-@pytest.mark.parametrize("raw", ["100x", "-1m", "1.5m", "", None])
+@pytest.mark.parametrize("raw", ["100x", "-1m", "1.5m", "", None, "64ib", "64mbb"])
 def test_size_rejects(raw):
     with pytest.raises(v.Invalid, match="invalid size"):
         v.size(raw)

@@ -3,7 +3,10 @@
 Every value is written in the canonical text form the importer reads back
 (durations as `5m`, sizes as `100m`, upstreams as URLs), keys in a fixed order, lists in
 a stable order, so export → import → export gives the same bytes. A key whose value is
-"not set" (null) is left out; every other key is written, `enabled` included.
+"not set" (null) is left out; every other key is written, `enabled` included, except the
+keys added with the traffic features (issue #6), which are written only when they differ
+from their defaults, so a configuration that does not use them exports exactly as before.
+`cache_generation` (the purge counter) is state, not configuration, and is not written.
 """
 import yaml
 
@@ -12,6 +15,7 @@ from manager.certificates.models import Certificate, DnsProvider
 from manager.hosts.models import DeadHost, ProxyHost, RedirectionHost, Settings, Stream
 from manager.lib import validators
 
+from . import schema
 from .schema import DNS_KIND_KEYS, VERSION
 
 
@@ -80,13 +84,17 @@ def _settings(config):
         site["to"] = config.default_site_to
     elif config.default_site_action == "html":
         site["body"] = config.default_site_body
-    return {
+    result = {
         "default_site": site,
         "acme": _without_nulls({"email": config.acme_email or None, "directory": config.acme_directory,
                                 "ca_bundle": config.acme_ca_bundle or None}),
         "tls": {"fallback": config.tls_fallback},
         "trusted_proxies": list(config.trusted_proxies),
     }
+    cache = {"memory_bytes": config.cache_memory_bytes, "disk_bytes": config.cache_disk_bytes}
+    if cache != schema.SETTINGS_CACHE_DEFAULTS:        # written only when changed: older exports stay the same
+        result["cache"] = {key: validators.format_size(value) for key, value in cache.items()}
+    return result
 
 
 def _access_list(access_list):
@@ -143,7 +151,52 @@ def upstreams(entries):
 def _cache(cache):
     if cache is None:
         return None
-    return {"enabled": cache["enabled"], "default_ttl": duration(cache["default_ttl"])}
+    result = {"enabled": cache["enabled"], "default_ttl": duration(cache["default_ttl"])}
+    if cache.get("stale_if_error"):
+        result["stale_if_error"] = duration(cache["stale_if_error"])
+    return result
+
+
+def _health_check(check):
+    """path and interval always; the keys added later only when they differ from their defaults."""
+    if check is None:
+        return None
+    check = schema.full_health_check(check)
+    result = {"path": check["path"], "interval": duration(check["interval"])}
+    if check["timeout"] != schema.default_check_timeout(check["interval"]):
+        result["timeout"] = duration(check["timeout"])
+    if check["expect"] != schema.HEALTH_CHECK_DEFAULTS["expect"]:
+        result["expect"] = schema.format_status_range(check["expect"])
+    for key in ("healthy", "unhealthy"):
+        if check[key] != schema.HEALTH_CHECK_DEFAULTS[key]:
+            result[key] = check[key]
+    return result
+
+
+def _passive(passive):
+    if passive is None:
+        return None
+    return {"failures": passive["failures"], "window": duration(passive["window"]),
+            "cooldown": duration(passive["cooldown"])}
+
+
+def _sticky(sticky):
+    if sticky is None:
+        return None
+    return {"cookie": sticky["cookie"], "max_age": duration(sticky["max_age"])}
+
+
+def _cors(cors):
+    if cors is None:
+        return None
+    return {"origins": list(cors["origins"]), "methods": list(cors["methods"]), "headers": list(cors["headers"]),
+            "expose": list(cors["expose"]), "credentials": cors["credentials"], "max_age": duration(cors["max_age"])}
+
+
+def _forward_auth(auth):
+    if auth is None:
+        return None
+    return {"url": auth["url"], "response_headers": list(auth["response_headers"]), "timeout": duration(auth["timeout"])}
 
 
 def _rate_limit(limit):
@@ -166,7 +219,6 @@ def _headers(headers):
 
 
 def _proxy_host(host):
-    health = host.health_check
     ssl = {"certificate": host.certificate.name if host.certificate else None, "force_https": host.force_https,
            "http2": host.http2, "hsts": host.hsts, "hsts_subdomains": host.hsts_subdomains,
            "hsts_preload": host.hsts_preload}
@@ -176,17 +228,24 @@ def _proxy_host(host):
         "upstreams": upstreams(host.upstreams),
         "load_balancing": _without_nulls({
             "policy": host.lb_policy,
-            "health_check": {"path": health["path"], "interval": duration(health["interval"])} if health else None,
+            "sticky": _sticky(host.lb_sticky),
+            "health_check": _health_check(host.health_check),
+            "passive": _passive(host.passive_health),
         }),
         "websockets": host.websockets,
         "timeouts": {"connect": duration(host.connect_timeout), "response": duration(host.response_timeout)},
         "max_body_size": validators.format_size(host.max_body_size) if host.max_body_size is not None else None,
         "ssl": _without_nulls(ssl),
         "access_list": host.access_list.name if host.access_list else None,
+        "forward_auth": _forward_auth(host.forward_auth),
         "compression": list(host.compression),
         "cache": _cache(host.cache),
         "rate_limit": _rate_limit(host.rate_limit),
         "headers": _headers(host.headers),
+        # The presets are written only when on, so exports from before they existed stay the same.
+        "security_headers": host.security_headers or None,
+        "hide_upstream_identity": host.hide_upstream_identity or None,
+        "cors": _cors(host.cors),
         "block_exploits": host.block_exploits,
         "locations": [_without_nulls({
             "path": loc.path,

@@ -3,6 +3,7 @@ the dashboard accepts exactly what an import accepts; each error lands on its fi
 from django import forms
 
 from manager.hosts.models import Settings
+from manager.lib import validators
 
 from .schema import VERSION, parse_document
 
@@ -16,6 +17,8 @@ PATHS = {
     "settings.acme.ca_bundle": "acme_ca_bundle",
     "settings.tls.fallback": "tls_fallback",
     "settings.trusted_proxies": "trusted_proxies",
+    "settings.cache.memory_bytes": "cache_memory_bytes",
+    "settings.cache.disk_bytes": "cache_disk_bytes",
 }
 
 
@@ -27,11 +30,19 @@ class SettingsForm(forms.ModelForm):
     acme_directory = forms.CharField(label="ACME directory")
     acme_ca_bundle = forms.CharField(required=False, label="ACME CA bundle",
                                      help_text=Settings._meta.get_field("acme_ca_bundle").help_text)
+    cache_memory_bytes = forms.CharField(
+        required=False, label="Cache: memory",
+        help_text="Memory each engine worker keeps cached responses in, all hosts together, e.g. 64m (the "
+                  "default), 1g.")
+    cache_disk_bytes = forms.CharField(
+        required=False, label="Cache: disk",
+        help_text="Disk space per engine worker for cached responses beyond memory (in the engine's cache "
+                  "directory), e.g. 10g; 0 or empty = no disk cache.")
 
     class Meta:
         model = Settings
         fields = ("default_site_action", "default_site_to", "default_site_body", "acme_email", "acme_directory",
-                  "acme_ca_bundle", "tls_fallback", "trusted_proxies")
+                  "acme_ca_bundle", "tls_fallback", "trusted_proxies", "cache_memory_bytes", "cache_disk_bytes")
         labels = {"default_site_action": "Default site", "default_site_to": "Redirect to",
                   "default_site_body": "Custom page (HTML)", "tls_fallback": "TLS fallback"}
 
@@ -39,6 +50,8 @@ class SettingsForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if not self.is_bound:
             self.initial["trusted_proxies"] = "\n".join(self.instance.trusted_proxies or [])
+            self.initial["cache_memory_bytes"] = validators.format_size(self.instance.cache_memory_bytes)
+            self.initial["cache_disk_bytes"] = validators.format_size(self.instance.cache_disk_bytes)
 
     def clean(self):
         data = self.cleaned_data
@@ -55,6 +68,11 @@ class SettingsForm(forms.ModelForm):
             "tls": {"fallback": data.get("tls_fallback", "")},
             "trusted_proxies": [line.strip() for line in (data.get("trusted_proxies") or "").splitlines() if line.strip()],
         }
+        cache = {key: _size_text(data.get(field)) for key, field in (("memory_bytes", "cache_memory_bytes"),
+                                                                     ("disk_bytes", "cache_disk_bytes"))}
+        cache = {key: value for key, value in cache.items() if value is not None}
+        if cache:
+            section["cache"] = cache
         doc, errors = parse_document({"version": VERSION, "settings": section})
         for error in errors:
             field = next((name for path, name in PATHS.items() if error.path.startswith(path)), None)
@@ -67,3 +85,11 @@ class SettingsForm(forms.ModelForm):
         # The schema above is the one set of rules (the import bypasses the model fields'
         # validators, e.g. URLField refusing https://pebble:14000/dir); do not apply a second.
         return {field.name for field in Settings._meta.fields}
+
+
+def _size_text(text):
+    """A size field's text as YAML would hold it: digits as a number, empty as absent."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    return int(text) if text.isdigit() else text

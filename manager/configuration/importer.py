@@ -28,9 +28,10 @@ from manager.lib.validators import Invalid
 from .schema import DNS_KIND_KEYS, ConfigError, DocumentInvalid, hosts, load_yaml, parse_document
 
 HOST_MODELS = {"proxy_host": ProxyHost, "redirection_host": RedirectionHost, "dead_host": DeadHost}
-PROXY_FIELDS = ("domains", "enabled", "upstreams", "lb_policy", "health_check", "websockets", "connect_timeout",
-                "response_timeout", "max_body_size", "force_https", "http2", "hsts", "hsts_subdomains",
-                "hsts_preload", "compression", "cache", "rate_limit", "headers", "block_exploits")
+PROXY_FIELDS = ("domains", "enabled", "upstreams", "lb_policy", "health_check", "passive_health", "lb_sticky",
+                "websockets", "connect_timeout", "response_timeout", "max_body_size", "force_https", "http2", "hsts",
+                "hsts_subdomains", "hsts_preload", "compression", "cache", "rate_limit", "headers",
+                "security_headers", "hide_upstream_identity", "cors", "forward_auth", "block_exploits")
 REDIRECTION_FIELDS = ("domains", "enabled", "to", "code", "preserve_path")
 DEAD_FIELDS = ("domains", "enabled")
 LOCATION_FIELDS = ("position", "path", "upstreams", "cache", "headers", "compression", "rate_limit")

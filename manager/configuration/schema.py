@@ -10,6 +10,7 @@ The normalized document holds what the models store (see manager/hosts/models.py
 durations in seconds (float), sizes in bytes, upstreams as {scheme, host, port, weight},
 domains as lower-case ASCII. Every top-level item keeps its path under "at".
 """
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -33,7 +34,7 @@ PROVIDERS = ("letsencrypt", "custom")
 CHALLENGES = ("http", "dns")
 MAX_WEIGHT = 1000
 
-SETTINGS_KEYS = ("default_site", "acme", "tls", "trusted_proxies")
+SETTINGS_KEYS = ("default_site", "acme", "tls", "trusted_proxies", "cache")
 TLS_FALLBACKS = ("self_signed", "reject")
 UPSTREAM_KEYS = ("url", "weight", "verify", "ca_pem")
 ACCESS_LIST_KEYS = ("name", "satisfy", "pass_auth", "users", "rules")
@@ -49,11 +50,41 @@ DNS_KIND_KEYS = {
 }
 DNS_REQUIRED = {"cloudflare": (), "rfc2136": ("server", "key_name")}
 PROXY_HOST_KEYS = ("domains", "enabled", "upstreams", "load_balancing", "websockets", "timeouts", "max_body_size",
-                   "ssl", "access_list", "compression", "cache", "rate_limit", "headers", "block_exploits", "locations")
+                   "ssl", "access_list", "forward_auth", "compression", "cache", "rate_limit", "headers",
+                   "security_headers", "hide_upstream_identity", "cors", "block_exploits", "locations")
 LOCATION_KEYS = ("path", "upstreams", "cache", "headers", "compression", "rate_limit")
 REDIRECTION_HOST_KEYS = ("domains", "enabled", "to", "code", "preserve_path")
 DEAD_HOST_KEYS = ("domains", "enabled")
 STREAM_KEYS = ("listen", "protocol", "upstream", "enabled")
+
+# Traffic features (issue #6). Every default below is what a document that leaves the key
+# out gets, so documents written before these keys existed import unchanged; the exporter
+# writes a key only when it differs from its default (older exports stay byte-identical).
+LOAD_BALANCING_KEYS = ("policy", "sticky", "health_check", "passive")
+HEALTH_CHECK_KEYS = ("path", "interval", "timeout", "expect", "healthy", "unhealthy")
+HEALTH_CHECK_DEFAULTS = {"path": "/", "interval": 10.0, "timeout": 2.0, "expect": [200, 399], "healthy": 2,
+                         "unhealthy": 3}
+PASSIVE_KEYS = ("failures", "window", "cooldown")
+PASSIVE_DEFAULTS = {"failures": 3, "window": 10.0, "cooldown": 30.0}
+STICKY_KEYS = ("cookie", "max_age")
+STICKY_DEFAULTS = {"cookie": "gh_sticky", "max_age": 0.0}
+CACHE_KEYS = ("enabled", "default_ttl", "stale_if_error")
+CACHE_DEFAULTS = {"enabled": True, "default_ttl": 0.0, "stale_if_error": 0.0}
+CORS_KEYS = ("origins", "methods", "headers", "expose", "credentials", "max_age")
+CORS_DEFAULTS = {"methods": ["GET", "HEAD", "POST"], "headers": [], "expose": [], "credentials": False,
+                 "max_age": 600.0}
+FORWARD_AUTH_KEYS = ("url", "response_headers", "timeout")
+FORWARD_AUTH_DEFAULTS = {"response_headers": [], "timeout": 5.0}
+SETTINGS_CACHE_KEYS = ("memory_bytes", "disk_bytes")
+SETTINGS_CACHE_DEFAULTS = {"memory_bytes": 64 * 1024 * 1024, "disk_bytes": 0}
+MIN_CACHE_BYTES = 1024 * 1024
+MAX_THRESHOLD = 100
+# Upper bounds the engine's snapshot parser enforces too (a value the manager accepted must
+# never make the engine refuse the whole snapshot).
+DAY, YEAR = 86400.0, 365 * 86400.0
+MAX_CACHE_MEMORY, MAX_CACHE_DISK = 1 << 40, 1 << 44
+MAX_CACHE_TTL = 10 * YEAR
+MAX_FORWARD_AUTH_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -355,7 +386,45 @@ def _settings(r, value, at):
         if tls is not None:
             result["tls_fallback"] = r.field(tls, "fallback", where, choice(TLS_FALLBACKS), "self_signed")
     result["trusted_proxies"] = r.scalar_list(m, "trusted_proxies", at, validators.cidr)
+    result["cache_memory_bytes"] = SETTINGS_CACHE_DEFAULTS["memory_bytes"]
+    result["cache_disk_bytes"] = SETTINGS_CACHE_DEFAULTS["disk_bytes"]
+    if m.get("cache") is not None:
+        where = _key(at, "cache")
+        cache = r.mapping(m["cache"], where, SETTINGS_CACHE_KEYS)
+        if cache is not None:
+            result["cache_memory_bytes"] = r.field(cache, "memory_bytes", where, cache_memory_size,
+                                                   SETTINGS_CACHE_DEFAULTS["memory_bytes"])
+            result["cache_disk_bytes"] = r.field(cache, "disk_bytes", where, cache_disk_size,
+                                                 SETTINGS_CACHE_DEFAULTS["disk_bytes"])
     return result
+
+
+def cache_memory_size(value):
+    total = validators.size(value)
+    if total < MIN_CACHE_BYTES:
+        raise Invalid(f"the memory cache needs at least 1m, got {value!r}")
+    if total > MAX_CACHE_MEMORY:
+        raise Invalid(f"the memory cache is at most 1024g, got {value!r}")
+    return total
+
+
+def cache_disk_size(value):
+    total = validators.size(value)
+    if 0 < total < MIN_CACHE_BYTES:
+        raise Invalid(f"the disk cache is 0 (off) or at least 1m, got {value!r}")
+    if total > MAX_CACHE_DISK:
+        raise Invalid(f"the disk cache is at most 16384g, got {value!r}")
+    return total
+
+
+def duration_at_most(limit, positive=False):
+    """A duration (more than zero when `positive`) no longer than `limit` seconds."""
+    def parse(value):
+        seconds = positive_duration(value) if positive else validators.duration(value)
+        if seconds > limit:
+            raise Invalid(f"duration {value!r} is longer than {validators.format_duration(limit)}")
+        return seconds
+    return parse
 
 
 def _access_list(r, value, at):
@@ -606,11 +675,12 @@ def _cache(r, m, at):
     if m.get("cache") is None:
         return None
     where = _key(at, "cache")
-    cache = r.mapping(m["cache"], where, ("enabled", "default_ttl"))
+    cache = r.mapping(m["cache"], where, CACHE_KEYS)
     if cache is None:
         return None
     return {"enabled": r.field(cache, "enabled", where, boolean, True),
-            "default_ttl": r.field(cache, "default_ttl", where, validators.duration, 0.0)}
+            "default_ttl": r.field(cache, "default_ttl", where, duration_at_most(MAX_CACHE_TTL), 0.0),
+            "stale_if_error": r.field(cache, "stale_if_error", where, duration_at_most(MAX_CACHE_TTL), 0.0)}
 
 
 def _rate_limit(r, m, at):
@@ -680,6 +750,256 @@ def _headers(r, m, at):
     return result
 
 
+# -- traffic features (issue #6) ------------------------------------------------------
+
+
+def threshold(what):
+    return lambda value: validators.positive_int(value, what, 1, MAX_THRESHOLD)
+
+
+def status_range(value):
+    """`expect`: one status (200) or an inclusive range written "200-399" → [low, high]."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and (parts := value.strip().split("-")) and len(parts) in (1, 2) and all(
+            part.strip().isdigit() for part in parts):
+        low, high = int(parts[0]), int(parts[-1])
+    else:
+        raise Invalid(f"expected a status like 200 or a range like \"200-399\", got {describe(value)}")
+    for code in (low, high):
+        if not 100 <= code <= 599:
+            raise Invalid(f"status {code} out of range (100-599)")
+    if low > high:
+        raise Invalid(f"range {value!r} runs backwards ({low} > {high})")
+    return [low, high]
+
+
+def format_status_range(expect):
+    low, high = expect
+    return low if low == high else f"{low}-{high}"
+
+
+def _health_check(r, lb, where):
+    """Active checks: a GET of `path` every `interval`; a status within `expect` answered
+    within `timeout` counts as a success; `healthy` / `unhealthy` consecutive results flip
+    an upstream's state. The timeout must fit in the interval (checks never overlap)."""
+    if lb.get("health_check") is None:
+        return None
+    at = _key(where, "health_check")
+    check = r.mapping(lb["health_check"], at, HEALTH_CHECK_KEYS)
+    if check is None:
+        return None
+    d = HEALTH_CHECK_DEFAULTS
+    result = {"path": r.field(check, "path", at, url_path, d["path"]),
+              "interval": r.field(check, "interval", at, duration_at_most(DAY, positive=True), d["interval"])}
+    result["timeout"] = r.field(check, "timeout", at, duration_at_most(DAY, positive=True),
+                                default_check_timeout(result["interval"]))
+    if check.get("timeout") is not None and result["timeout"] > result["interval"]:
+        r.error(_key(at, "timeout"), f"timeout {validators.format_duration(result['timeout'])} is longer than the "
+                                     f"interval {validators.format_duration(result['interval'])}")
+    result["expect"] = r.field(check, "expect", at, status_range, list(d["expect"]))
+    result["healthy"] = r.field(check, "healthy", at, threshold("healthy"), d["healthy"])
+    result["unhealthy"] = r.field(check, "unhealthy", at, threshold("unhealthy"), d["unhealthy"])
+    return result
+
+
+def default_check_timeout(interval):
+    """2s, or the interval when that is shorter."""
+    return min(HEALTH_CHECK_DEFAULTS["timeout"], interval or HEALTH_CHECK_DEFAULTS["timeout"])
+
+
+def full_health_check(check):
+    """A stored health check with the keys added since (rows saved before issue #6 hold
+    only path and interval) filled in with their defaults."""
+    if check is None:
+        return None
+    result = {**HEALTH_CHECK_DEFAULTS, "timeout": default_check_timeout(check.get("interval")), **check}
+    result["expect"] = list(result["expect"])
+    return result
+
+
+def full_cache(cache):
+    """A stored cache setting with stale_if_error (added later) defaulted."""
+    if cache is None:
+        return None
+    return {**CACHE_DEFAULTS, **cache}
+
+
+def _passive(r, lb, where):
+    """Passive checks: `failures` failed requests (refused, reset, timed out, invalid
+    answers) within `window` take an upstream out for `cooldown`."""
+    if lb.get("passive") is None:
+        return None
+    at = _key(where, "passive")
+    passive = r.mapping(lb["passive"], at, PASSIVE_KEYS)
+    if passive is None:
+        return None
+    d = PASSIVE_DEFAULTS
+    return {"failures": r.field(passive, "failures", at, threshold("failures"), d["failures"]),
+            "window": r.field(passive, "window", at, duration_at_most(DAY, positive=True), d["window"]),
+            "cooldown": r.field(passive, "cooldown", at, duration_at_most(DAY, positive=True), d["cooldown"])}
+
+
+def cookie_name(value):
+    """A cookie name: an RFC 6265 token (the header-name characters), at most 64 long."""
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"expected a cookie name, got {describe(value)}")
+    if len(value) > 64:
+        raise Invalid("cookie name longer than 64 characters")
+    bad = [ch for ch in value if ch not in validators._TOKEN_CHARS]
+    if bad:
+        raise Invalid(f"invalid cookie name {value!r}: character {bad[0]!r} not allowed (RFC 6265 token)")
+    return value
+
+
+def _sticky(r, lb, where):
+    """Sticky sessions: the upstream picked for a client's first request is named in cookie
+    `cookie`; later requests carrying it go to the same upstream while it is up. `max_age` 0
+    makes it a session cookie."""
+    if lb.get("sticky") is None:
+        return None
+    at = _key(where, "sticky")
+    sticky = r.mapping(lb["sticky"], at, STICKY_KEYS)
+    if sticky is None:
+        return None
+    d = STICKY_DEFAULTS
+    return {"cookie": r.field(sticky, "cookie", at, cookie_name, d["cookie"]),
+            "max_age": r.field(sticky, "max_age", at, duration_at_most(10 * YEAR), d["max_age"])}
+
+
+_ORIGIN = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[^:/?#\[\]@\s]+)(?::(?P<port>\d+))?$")
+
+
+def origin(value):
+    """A CORS origin: scheme://host[:port] (lower-case, the default port left out, as a
+    browser sends it in Origin), or "*"."""
+    if value == "*":
+        return "*"
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"expected an origin like https://app.example.com, got {describe(value)}")
+    match = _ORIGIN.match(value.strip().lower())
+    if not match:
+        raise Invalid(f"origin {value!r} must look like https://app.example.com[:port] (no path, no trailing /)")
+    host = match["host"]
+    if "*" in host:
+        raise Invalid(f"origin {value!r}: no wildcards in an origin (list each one, or \"*\" alone for any)")
+    try:
+        if host.startswith("["):
+            validators.upstream_host(host)
+        else:
+            host = validators.hostname(host, allow_wildcard=False)
+    except Invalid as exc:
+        raise Invalid(f"origin {value!r}: {exc}") from None
+    port = match["port"]
+    if port is not None:
+        validators.port(int(port))
+        if {"http": "80", "https": "443"}.get(match["scheme"]) == str(int(port)):
+            port = None
+    return f"{match['scheme']}://{host}" + (f":{int(port)}" if port is not None else "")
+
+
+def method(value):
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"expected an HTTP method, got {describe(value)}")
+    if value == "*":
+        return value
+    bad = [ch for ch in value if ch not in validators._TOKEN_CHARS]
+    if bad:
+        raise Invalid(f"invalid method {value!r}: character {bad[0]!r} not allowed")
+    return value.upper()
+
+
+def _unique_list(r, m, key, at, parse, fold=str.lower):
+    """scalar_list without duplicates (compared after `fold`)."""
+    result, seen = [], set()
+    for item, where in r.items(m, key, at):
+        try:
+            value = parse(item)
+        except Invalid as exc:
+            r.error(where, str(exc))
+            continue
+        if fold(value) in seen:
+            r.error(where, f"{value} is listed twice")
+            continue
+        seen.add(fold(value))
+        result.append(value)
+    return result
+
+
+def _cors(r, m, at):
+    """CORS answered by the proxy: preflights (OPTIONS with Access-Control-Request-Method)
+    from an allowed origin get their answer locally; other responses to an allowed origin
+    gain Access-Control-Allow-Origin (+ -Credentials, -Expose-Headers). `credentials` with
+    origins ["*"] is refused: it would let every web site read responses with the visitor's
+    cookies."""
+    if m.get("cors") is None:
+        return None
+    where = _key(at, "cors")
+    cors = r.mapping(m["cors"], where, CORS_KEYS, required=("origins",))
+    if cors is None:
+        return None
+    d = CORS_DEFAULTS
+    result = {"origins": _unique_list(r, cors, "origins", where, origin)}
+    result["methods"] = (_unique_list(r, cors, "methods", where, method, fold=str)
+                         if cors.get("methods") is not None else list(d["methods"]))
+    result["headers"] = _unique_list(r, cors, "headers", where, validators.header_name)
+    result["expose"] = _unique_list(r, cors, "expose", where, validators.header_name)
+    result["credentials"] = r.field(cors, "credentials", where, boolean, d["credentials"])
+    result["max_age"] = r.field(cors, "max_age", where, duration_at_most(DAY), d["max_age"])
+    origins_at = _key(where, "origins")
+    if cors.get("origins") is not None and not result["origins"] and not r.errors_at(origins_at):
+        r.error(origins_at, "at least one origin is required (or \"*\" for any)")
+    if "*" in result["origins"] and len(result["origins"]) > 1:
+        r.error(origins_at, "\"*\" allows every origin: list it alone")
+    if result["credentials"]:
+        if "*" in result["origins"]:
+            r.error(_key(where, "credentials"), "not allowed with origins [\"*\"]: every web site could read "
+                                                "responses made with the visitor's cookies; list the origins")
+        # ("*" in methods / headers is answered with the preflight's own request values
+        # when credentials are on; in expose browsers would take it literally.)
+        if "*" in result["expose"]:
+            r.error(_key(where, "expose"), "\"*\" is not a wildcard for requests with credentials "
+                                           "(browsers take it literally): list the names")
+    return result
+
+
+def forward_auth_url(value):
+    """An absolute http(s) URL, its scheme written in lower case."""
+    value = url(value)
+    if "#" in value:
+        raise Invalid(f"URL {value!r}: no fragment allowed")
+    scheme, rest = value.split("://", 1)
+    return f"{scheme.lower()}://{rest}"
+
+
+def response_header_name(value):
+    name = _rule_header_name(value)
+    if name.lower() == "host":
+        raise Invalid("Host cannot be copied from the authentication service's answer")
+    return name
+
+
+def _forward_auth(r, m, at):
+    """Forward auth (Authelia, Authentik, oauth2-proxy): before a request goes upstream the
+    proxy asks `url` about it (the original method, URI and host in X-Forwarded-* headers,
+    with the request's cookies and Authorization). A 2xx answer lets the request through,
+    carrying the `response_headers` of that answer (Remote-User, ...); a 3xx / 4xx answer
+    (302 to the login page, 401) goes back to the client; an auth service that fails or does
+    not answer within `timeout` gets the client a 502 / 504. Nothing reaches the upstream
+    unless the auth service said yes."""
+    if m.get("forward_auth") is None:
+        return None
+    where = _key(at, "forward_auth")
+    auth = r.mapping(m["forward_auth"], where, FORWARD_AUTH_KEYS, required=("url",))
+    if auth is None:
+        return None
+    d = FORWARD_AUTH_DEFAULTS
+    return {"url": r.field(auth, "url", where, forward_auth_url),
+            "response_headers": _unique_list(r, auth, "response_headers", where, response_header_name),
+            "timeout": r.field(auth, "timeout", where, duration_at_most(MAX_FORWARD_AUTH_TIMEOUT, positive=True),
+                               d["timeout"])}
+
+
 def _proxy_host(r, value, at):
     m = r.mapping(value, at, PROXY_HOST_KEYS, required=("domains", "upstreams"))
     if m is None:
@@ -687,7 +1007,7 @@ def _proxy_host(r, value, at):
     host = {"at": at, "kind": "proxy_host", "domains": _domains(r, m, at),
             "enabled": r.field(m, "enabled", at, boolean, True),
             "upstreams": _upstreams(r, m, at),
-            "lb_policy": "round_robin", "health_check": None,
+            "lb_policy": "round_robin", "health_check": None, "passive_health": None, "lb_sticky": None,
             "websockets": r.field(m, "websockets", at, boolean, False),
             "connect_timeout": 5.0, "response_timeout": 60.0,
             "max_body_size": r.field(m, "max_body_size", at, validators.size),
@@ -698,21 +1018,22 @@ def _proxy_host(r, value, at):
             "cache": _cache(r, m, at),
             "rate_limit": _rate_limit(r, m, at),
             "headers": _headers(r, m, at),
+            "security_headers": r.field(m, "security_headers", at, boolean, False),
+            "hide_upstream_identity": r.field(m, "hide_upstream_identity", at, boolean, False),
+            "cors": _cors(r, m, at),
+            "forward_auth": _forward_auth(r, m, at),
             "block_exploits": r.field(m, "block_exploits", at, boolean, False),
             "locations": []}
     if m.get("upstreams") is not None and not host["upstreams"] and not r.errors_at(_key(at, "upstreams")):
         r.error(_key(at, "upstreams"), "at least one upstream is required")
     if m.get("load_balancing") is not None:
         where = _key(at, "load_balancing")
-        lb = r.mapping(m["load_balancing"], where, ("policy", "health_check"))
+        lb = r.mapping(m["load_balancing"], where, LOAD_BALANCING_KEYS)
         if lb is not None:
             host["lb_policy"] = r.field(lb, "policy", where, choice(LB_POLICIES), "round_robin")
-            if lb.get("health_check") is not None:
-                check_path = _key(where, "health_check")
-                check = r.mapping(lb["health_check"], check_path, ("path", "interval"))
-                if check is not None:
-                    host["health_check"] = {"path": r.field(check, "path", check_path, url_path, "/"),
-                                            "interval": r.field(check, "interval", check_path, positive_duration, 10.0)}
+            host["health_check"] = _health_check(r, lb, where)
+            host["passive_health"] = _passive(r, lb, where)
+            host["lb_sticky"] = _sticky(r, lb, where)
     if m.get("timeouts") is not None:
         where = _key(at, "timeouts")
         timeouts = r.mapping(m["timeouts"], where, ("connect", "response"))

@@ -1,24 +1,31 @@
 """Dashboard pages: the overview, a proxy host's status (applied / pending / the engine's
-error, its last upstream errors, "Test upstream") and the request id lookup.
+error, upstream health as the engine workers report it, its last upstream errors, "Test
+upstream", "Purge cache") and the request id lookup.
 
 Access: proxy host pages need the "view" right for proxy hosts and the host visible to the
 user (`manager.accounts.access`: 404 otherwise); "Test upstream" is POST-only (it opens
 connections) and needs the same right, as it only reaches the host's configured upstreams.
+"Purge cache" changes the configuration: POST-only, the "manage" right, audited, and its
+cache generation bump commits in one transaction with the revision bump (the post_save
+signal), so every engine worker drops the host's cached responses within one reload.
 """
 from datetime import timedelta
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import Q
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from manager.accounts import access
+from manager.audit.log import record
 from manager.certificates.models import Certificate
 from manager.hosts.models import DeadHost, EngineNode, ProxyHost, RedirectionHost, Stream, UpstreamError
 from manager.hosts.revision import current_revision
 
-from . import probe, sparkline, status
+from . import health, probe, sparkline, status
 
 LAST_ERRORS = 20
 
@@ -65,19 +72,45 @@ def overview(request):
     })
 
 
-def _host(request, pk):
-    return access.get_visible(request.user, "proxy_hosts", ProxyHost.objects.select_related("last_change"), pk)
+def _host(request, pk, needed="view"):
+    return access.get_visible(request.user, "proxy_hosts", ProxyHost.objects.select_related("last_change"), pk, needed)
 
 
 @login_required
 def host_status(request, pk):
-    """The whole page, or (htmx) the status panel alone, which polls while pending."""
+    """The whole page, or (htmx) the status panel alone, which polls while pending, or the
+    upstream health panel alone (`?panel=health`, refreshed every 10 s)."""
     host = _host(request, pk)
-    context = {"host": host, "status": status.host_status(host), "current_revision": current_revision()}
+    nodes = list(EngineNode.live())
+    if request.htmx and request.GET.get("panel") == "health":
+        return render(request, "dashboard/_upstream_health.html", {"host": host, "health": health.host_health(host, nodes)})
+    context = {"host": host, "status": status.host_status(host, nodes), "current_revision": current_revision()}
     if request.htmx and request.GET.get("panel") == "status":
         return render(request, "dashboard/_host_status.html", context)
     context["errors"] = host.upstream_errors.all()[:LAST_ERRORS]
+    context["health"] = health.host_health(host, nodes)
+    context["can_manage"] = access.allowed(request.user, "proxy_hosts", "manage")
     return render(request, "dashboard/host_status.html", context)
+
+
+@login_required
+@require_POST
+def host_purge(request, pk):
+    """Purge the host's cached responses: its cache generation + 1, which the engine keys
+    cached entries by (older entries are never served again and age out)."""
+    host = _host(request, pk, "manage")
+    if not host.caches():
+        messages.error(request, f"{host} does not cache responses: nothing to purge.")
+        return redirect("dashboard:host_status", pk=host.pk)
+    with transaction.atomic():
+        host = ProxyHost.objects.select_for_update().get(pk=host.pk)
+        before = host.cache_generation
+        host.cache_generation = before + 1
+        host.save(update_fields=["cache_generation", "updated_at"])    # post_save bumps the revision
+        record(request.user, "purged cache", host, before={"cache_generation": before},
+               after={"cache_generation": host.cache_generation})
+    messages.success(request, f"Cache of {host} purged: the engine drops its cached responses within seconds.")
+    return redirect("dashboard:host_status", pk=host.pk)
 
 
 @login_required

@@ -122,27 +122,53 @@ class ProxyHostForm(SchemaForm):
         ("Details", ["domains", "upstreams", "enabled", "websockets"]),
         ("Locations", ["locations"]),
         ("SSL", ["certificate", "force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"]),
-        ("Access", ["access_list"]),
-        ("Traffic", ["lb_policy", "health_check_path", "health_check_interval", "connect_timeout", "response_timeout",
-                     "max_body_size", "cache_enabled", "cache_ttl", "compression", "rate_requests", "rate_per",
-                     "rate_key", "rate_burst"]),
-        ("Headers", ["headers"]),
+        ("Access", ["access_list", "forward_auth_url", "forward_auth_headers", "forward_auth_timeout"]),
+        ("Load balancing", ["lb_policy", "sticky_cookie", "sticky_max_age", "health_check_path", "health_check_interval",
+                            "health_check_timeout", "health_check_expect", "health_check_healthy",
+                            "health_check_unhealthy", "passive_failures", "passive_window", "passive_cooldown"]),
+        ("Traffic", ["connect_timeout", "response_timeout", "max_body_size"]),
+        ("Cache", ["cache_enabled", "cache_ttl", "cache_stale_if_error"]),
+        ("Compression", ["compression"]),
+        ("Rate limit", ["rate_requests", "rate_per", "rate_burst", "rate_key", "rate_key_header"]),
+        ("Headers", ["security_headers", "hide_upstream_identity", "cors_origins", "cors_methods", "cors_headers",
+                     "cors_expose", "cors_credentials", "cors_max_age", "headers"]),
         ("Exploit blocking", ["block_exploits"]),
     ]
     FIELD_OF = {
         "domains": "domains", "upstreams": "upstreams", "enabled": "enabled", "websockets": "websockets",
         "locations": "locations", "headers": "headers", "compression": "compression",
-        "load_balancing.policy": "lb_policy", "load_balancing.health_check.path": "health_check_path",
-        "load_balancing.health_check.interval": "health_check_interval",
+        "load_balancing.policy": "lb_policy",
+        "load_balancing.sticky": "sticky_cookie", "load_balancing.sticky.max_age": "sticky_max_age",
+        "load_balancing.health_check": "health_check_path",
+        **{f"load_balancing.health_check.{key}": f"health_check_{key}"
+           for key in ("interval", "timeout", "expect", "healthy", "unhealthy")},
+        "load_balancing.passive": "passive_failures",
+        **{f"load_balancing.passive.{key}": f"passive_{key}" for key in ("window", "cooldown")},
         "timeouts.connect": "connect_timeout", "timeouts.response": "response_timeout",
-        "max_body_size": "max_body_size", "cache": "cache_ttl",
-        "rate_limit.requests": "rate_requests", "rate_limit.per": "rate_per", "rate_limit.key": "rate_key",
+        "max_body_size": "max_body_size", "cache": "cache_ttl", "cache.stale_if_error": "cache_stale_if_error",
+        "cache.enabled": "cache_enabled",
+        "rate_limit.requests": "rate_requests", "rate_limit.per": "rate_per", "rate_limit.key": "rate_key_header",
         "rate_limit.burst": "rate_burst", "block_exploits": "block_exploits",
+        "security_headers": "security_headers", "hide_upstream_identity": "hide_upstream_identity",
+        "cors": "cors_origins", "cors.methods": "cors_methods", "cors.headers": "cors_headers",
+        "cors.expose": "cors_expose", "cors.credentials": "cors_credentials", "cors.max_age": "cors_max_age",
+        "forward_auth": "forward_auth_url", "forward_auth.response_headers": "forward_auth_headers",
+        "forward_auth.timeout": "forward_auth_timeout",
         **{f"ssl.{flag}": flag for flag in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload")},
     }
-    MODEL_FIELDS = ("domains", "enabled", "upstreams", "lb_policy", "health_check", "websockets", "connect_timeout",
-                    "response_timeout", "max_body_size", "force_https", "http2", "hsts", "hsts_subdomains",
-                    "hsts_preload", "compression", "cache", "rate_limit", "headers", "block_exploits")
+    MODEL_FIELDS = ("domains", "enabled", "upstreams", "lb_policy", "health_check", "passive_health", "lb_sticky",
+                    "websockets", "connect_timeout", "response_timeout", "max_body_size", "force_https", "http2", "hsts",
+                    "hsts_subdomains", "hsts_preload", "compression", "cache", "rate_limit", "headers",
+                    "security_headers", "hide_upstream_identity", "cors", "forward_auth", "block_exploits")
+    # Form fields -> key of the configuration item they fill (when any of them is filled in).
+    HEALTH_FIELDS = {f"health_check_{key}": key for key in ("path", "interval", "timeout", "expect", "healthy", "unhealthy")}
+    PASSIVE_FIELDS = {f"passive_{key}": key for key in ("failures", "window", "cooldown")}
+    STICKY_FIELDS = {"sticky_cookie": "cookie", "sticky_max_age": "max_age"}
+    FORWARD_AUTH_FIELDS = {"forward_auth_url": "url", "forward_auth_headers": "response_headers",
+                           "forward_auth_timeout": "timeout"}
+    CORS_FIELDS = {"cors_origins": "origins", "cors_methods": "methods", "cors_headers": "headers",
+                   "cors_expose": "expose", "cors_credentials": "credentials", "cors_max_age": "max_age"}
+    LIST_FIELDS = ("forward_auth_headers", "cors_origins", "cors_methods", "cors_headers", "cors_expose")
 
     domains = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), help_text="Exact names or *.wildcards. " + LINES_HELP)
     upstreams = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), help_text=UPSTREAMS_HELP)
@@ -158,20 +184,75 @@ class ProxyHostForm(SchemaForm):
     access_list = forms.ModelChoiceField(
         queryset=AccessList.objects.none(), required=False, empty_label="(public)",
         help_text="IP rules and/or basic-auth users checked by the proxy before the request reaches the upstream.")
+    forward_auth_url = forms.CharField(
+        required=False, label="Forward auth: URL",
+        help_text="Ask this service (Authelia, Authentik, oauth2-proxy) about every request first, e.g. "
+                  "http://127.0.0.1:9091/api/verify; a 2xx answer lets the request through, a 3xx/4xx answer "
+                  "(login redirect, 401) goes back to the client. Empty = off.")
+    forward_auth_headers = forms.CharField(
+        required=False, label="Forward auth: response headers",
+        help_text="Headers of the auth answer passed on to the upstream, e.g. Remote-User, Remote-Groups. " + LINES_HELP)
+    forward_auth_timeout = forms.CharField(required=False, label="Forward auth: timeout", help_text="Default 5s.")
     lb_policy = forms.ChoiceField(choices=ProxyHost.POLICY_CHOICES, initial="round_robin", label="Load balancing policy")
-    health_check_path = forms.CharField(required=False, label="Health check path", help_text="e.g. /health; empty = no active health check.")
+    sticky_cookie = forms.CharField(
+        required=False, label="Sticky sessions: cookie name",
+        help_text="Keep each client on the upstream it first got, named in this cookie (e.g. gh_sticky). Empty = off.")
+    sticky_max_age = forms.CharField(required=False, label="Sticky sessions: max age",
+                                     help_text="e.g. 1d; empty or 0s = until the browser closes.")
+    health_check_path = forms.CharField(required=False, label="Health check path",
+                                        help_text="e.g. /health; all health check fields empty = no active health check.")
     health_check_interval = forms.CharField(required=False, label="Health check interval", help_text="e.g. 10s (the default).")
+    health_check_timeout = forms.CharField(required=False, label="Health check timeout",
+                                           help_text="Default 2s (or the interval, when shorter).")
+    health_check_expect = forms.CharField(required=False, label="Health check: expected statuses",
+                                          help_text="A status (204) or a range (200-399, the default).")
+    health_check_healthy = forms.CharField(required=False, label="Health check: healthy after",
+                                           help_text="Consecutive successes that bring an upstream back (default 2).")
+    health_check_unhealthy = forms.CharField(required=False, label="Health check: unhealthy after",
+                                             help_text="Consecutive failures that take an upstream out (default 3).")
+    passive_failures = forms.CharField(
+        required=False, label="Passive checks: failures",
+        help_text="Take an upstream out after this many failed requests (refused, reset, timed out, "
+                  "invalid answer) within the window, e.g. 3. Empty = off.")
+    passive_window = forms.CharField(required=False, label="Passive checks: window", help_text="Default 10s.")
+    passive_cooldown = forms.CharField(required=False, label="Passive checks: cooldown",
+                                       help_text="How long it stays out (default 30s).")
     connect_timeout = forms.CharField(initial="5s", help_text="e.g. 500ms, 5s, 1m.")
     response_timeout = forms.CharField(initial="1m")
     max_body_size = forms.CharField(required=False, label="Max body size", help_text="e.g. 512k, 100m, 1g; empty = unlimited.")
     cache_enabled = forms.BooleanField(required=False, label="Cache responses")
     cache_ttl = forms.CharField(required=False, label="Cache default TTL", help_text="For responses that say nothing, e.g. 5m; empty = 0.")
+    cache_stale_if_error = forms.CharField(
+        required=False, label="Serve stale on error",
+        help_text="When the upstream fails (unreachable, timed out, 500/502/503/504), serve a cached copy up to this long past "
+                  "its expiry, e.g. 1h; empty = never.")
     compression = forms.MultipleChoiceField(choices=[(c, c) for c in schema.COMPRESSIONS], required=False,
                                             widget=forms.CheckboxSelectMultiple)
     rate_requests = forms.CharField(required=False, label="Rate limit: requests", help_text="Empty = no rate limit.")
     rate_per = forms.CharField(required=False, label="Rate limit: per", help_text="e.g. 1s (the default), 1m.")
-    rate_key = forms.CharField(required=False, label="Rate limit: key", help_text="ip (the default) or header:X-Api-Key.")
     rate_burst = forms.CharField(required=False, label="Rate limit: burst", help_text="Extra requests allowed at once (default 0).")
+    rate_key = forms.ChoiceField(choices=[("ip", "Client IP address"), ("header", "A request header")], initial="ip",
+                                 required=False, label="Rate limit: counted per")
+    rate_key_header = forms.CharField(required=False, label="Rate limit: header name", help_text="e.g. X-Api-Key.")
+    security_headers = forms.BooleanField(
+        required=False, label="Security headers",
+        help_text="Add X-Content-Type-Options: nosniff, X-Frame-Options: SAMEORIGIN, Referrer-Policy: "
+                  "strict-origin-when-cross-origin and a restrictive Permissions-Policy to responses that lack them "
+                  "(HSTS is under SSL).")
+    hide_upstream_identity = forms.BooleanField(
+        required=False, label="Hide upstream identity",
+        help_text="Drop Server, X-Powered-By, X-AspNet-Version and X-AspNetMvc-Version from responses.")
+    cors_origins = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}), required=False, label="CORS: allowed origins",
+        help_text="e.g. https://app.example.com, or * for any; empty = no CORS handling. " + LINES_HELP)
+    cors_methods = forms.CharField(required=False, label="CORS: methods", help_text="Default GET, HEAD, POST.")
+    cors_headers = forms.CharField(required=False, label="CORS: request headers",
+                                   help_text="Headers a browser may send, e.g. Content-Type, Authorization.")
+    cors_expose = forms.CharField(required=False, label="CORS: exposed headers",
+                                  help_text="Response headers scripts may read, e.g. X-Total-Count.")
+    cors_credentials = forms.BooleanField(required=False, label="CORS: allow credentials (cookies)",
+                                          help_text="Not with origin *: list the origins.")
+    cors_max_age = forms.CharField(required=False, label="CORS: preflight max age", help_text="Default 10m.")
     headers = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False, help_text=HEADERS_HELP)
     block_exploits = forms.BooleanField(required=False, label="Block common exploits")
 
@@ -185,7 +266,9 @@ class ProxyHostForm(SchemaForm):
 
     @staticmethod
     def initial_for(host):
-        health, cache, limit = host.health_check, host.cache, host.rate_limit
+        """The form's values for a saved host: what an export writes (keys at their default
+        left empty, the help texts name the defaults)."""
+        cache, limit = host.cache, host.rate_limit
         upstream_lines = []
         for entry in exporter.upstreams(host.upstreams):
             if isinstance(entry, dict):
@@ -193,22 +276,35 @@ class ProxyHostForm(SchemaForm):
                 options += ["verify=false"] if entry.get("verify") is False else []
                 entry = " ".join([entry["url"], *options])
             upstream_lines.append(entry)
-        locations = exporter._proxy_host(host).get("locations")
-        return {
+        exported = exporter._proxy_host(host)
+        balancing = exported["load_balancing"]
+        initial = {
             "domains": "\n".join(host.domains), "upstreams": "\n".join(upstream_lines), "enabled": host.enabled,
-            "websockets": host.websockets, "locations": _yaml_text(locations),
+            "websockets": host.websockets, "locations": _yaml_text(exported.get("locations")),
             "certificate": host.certificate_id, "force_https": host.force_https, "http2": host.http2, "hsts": host.hsts,
             "hsts_subdomains": host.hsts_subdomains, "hsts_preload": host.hsts_preload, "access_list": host.access_list_id,
-            "lb_policy": host.lb_policy, "health_check_path": health["path"] if health else "",
-            "health_check_interval": exporter.duration(health["interval"]) if health else "",
+            "lb_policy": host.lb_policy,
             "connect_timeout": exporter.duration(host.connect_timeout), "response_timeout": exporter.duration(host.response_timeout),
             "max_body_size": validators.format_size(host.max_body_size) if host.max_body_size is not None else "",
             "cache_enabled": bool(cache and cache["enabled"]), "cache_ttl": exporter.duration(cache["default_ttl"]) if cache else "",
+            "cache_stale_if_error": exported.get("cache", {}).get("stale_if_error", ""),
             "compression": list(host.compression), "rate_requests": limit["requests"] if limit else "",
-            "rate_per": exporter.duration(limit["per"]) if limit else "", "rate_key": limit["key"] if limit else "",
+            "rate_per": exporter.duration(limit["per"]) if limit else "",
+            "rate_key": "header" if limit and limit["key"].startswith("header:") else "ip",
+            "rate_key_header": limit["key"][len("header:"):] if limit and limit["key"].startswith("header:") else "",
             "rate_burst": limit["burst"] if limit else "", "headers": _yaml_text(exporter._headers(host.headers)),
+            "security_headers": host.security_headers, "hide_upstream_identity": host.hide_upstream_identity,
             "block_exploits": host.block_exploits,
         }
+        for fields, values in ((ProxyHostForm.HEALTH_FIELDS, balancing.get("health_check")),
+                               (ProxyHostForm.PASSIVE_FIELDS, balancing.get("passive")),
+                               (ProxyHostForm.STICKY_FIELDS, balancing.get("sticky")),
+                               (ProxyHostForm.FORWARD_AUTH_FIELDS, exported.get("forward_auth")),
+                               (ProxyHostForm.CORS_FIELDS, exported.get("cors"))):
+            for field, key in fields.items():
+                value = (values or {}).get(key, "")
+                initial[field] = ", ".join(value) if isinstance(value, list) else value
+        return initial
 
     def _upstream_items(self, text):
         """`url weight=N verify=false` lines as the configuration file's upstream items."""
@@ -230,23 +326,53 @@ class ProxyHostForm(SchemaForm):
             items.append(item)
         return items
 
+    def _section(self, cleaned, fields):
+        """{key: value} of the filled-in `fields` (form field -> item key), as YAML would hold
+        them: None when none is filled in (the feature is off)."""
+        values = {}
+        for field, key in fields.items():
+            value = cleaned.get(field)
+            if value in ("", None, False):
+                continue
+            if field in self.LIST_FIELDS:
+                values[key] = lines(value)
+            elif isinstance(value, bool):
+                values[key] = value
+            else:
+                values[key] = scalar(value)
+        return values or None
+
     def build(self, cleaned, parsed):
         host = {"domains": lines(cleaned["domains"]), "enabled": cleaned["enabled"], "websockets": cleaned["websockets"],
                 "upstreams": self._upstream_items(cleaned["upstreams"]),
                 "load_balancing": {"policy": cleaned["lb_policy"]},
                 "timeouts": {"connect": scalar(cleaned["connect_timeout"]), "response": scalar(cleaned["response_timeout"])},
                 "ssl": {flag: cleaned[flag] for flag in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload")},
-                "compression": list(cleaned["compression"]), "block_exploits": cleaned["block_exploits"]}
-        if cleaned["health_check_path"] or cleaned["health_check_interval"]:
-            check = {"path": cleaned["health_check_path"] or "/"}
-            if cleaned["health_check_interval"]:
-                check["interval"] = scalar(cleaned["health_check_interval"])
-            host["load_balancing"]["health_check"] = check
+                "compression": list(cleaned["compression"]), "block_exploits": cleaned["block_exploits"],
+                "security_headers": cleaned["security_headers"],
+                "hide_upstream_identity": cleaned["hide_upstream_identity"]}
+        for key, fields in (("health_check", self.HEALTH_FIELDS), ("passive", self.PASSIVE_FIELDS),
+                            ("sticky", self.STICKY_FIELDS)):
+            values = self._section(cleaned, fields)
+            if values is not None:
+                host["load_balancing"][key] = values
+        for key, fields in (("cors", self.CORS_FIELDS), ("forward_auth", self.FORWARD_AUTH_FIELDS)):
+            values = self._section(cleaned, fields)
+            if values is not None:
+                host[key] = values
         if cleaned["max_body_size"]:
             host["max_body_size"] = scalar(cleaned["max_body_size"])
-        if cleaned["cache_enabled"] or cleaned["cache_ttl"]:
+        if cleaned["cache_enabled"] or cleaned["cache_ttl"] or cleaned["cache_stale_if_error"]:
             host["cache"] = {"enabled": cleaned["cache_enabled"], "default_ttl": scalar(cleaned["cache_ttl"] or "0s")}
-        rate = {key: scalar(cleaned[f"rate_{key}"]) for key in ("requests", "per", "key", "burst") if cleaned[f"rate_{key}"]}
+            if cleaned["cache_stale_if_error"]:
+                host["cache"]["stale_if_error"] = scalar(cleaned["cache_stale_if_error"])
+        rate = {key: scalar(cleaned[f"rate_{key}"]) for key in ("requests", "per", "burst") if cleaned[f"rate_{key}"]}
+        header = (cleaned["rate_key_header"] or "").strip()
+        if cleaned["rate_key"] == "header":
+            if header:
+                rate["key"] = f"header:{header}"
+            else:
+                self.add_error("rate_key_header", "rate_limit.key: name the header to count requests by")
         if rate:
             if "requests" not in rate:
                 self.add_error("rate_requests", "required for a rate limit")

@@ -62,7 +62,10 @@ class ProxyHost(HostBase):
 
     upstreams = models.JSONField(default=list, help_text="[{scheme, host, port, weight}], in order.")
     lb_policy = models.CharField(max_length=16, choices=POLICY_CHOICES, default="round_robin")
-    health_check = models.JSONField(null=True, blank=True, help_text="{path, interval} or null.")
+    health_check = models.JSONField(null=True, blank=True,
+                                    help_text="{path, interval, timeout, expect: [low, high], healthy, unhealthy} or null.")
+    passive_health = models.JSONField(null=True, blank=True, help_text="{failures, window, cooldown} or null.")
+    lb_sticky = models.JSONField(null=True, blank=True, help_text="{cookie, max_age} or null.")
     websockets = models.BooleanField(default=False)
     certificate = models.ForeignKey("certificates.Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="proxy_hosts")
     force_https = models.BooleanField(default=False)
@@ -72,9 +75,17 @@ class ProxyHost(HostBase):
     hsts_preload = models.BooleanField(default=False)
     access_list = models.ForeignKey("access.AccessList", null=True, blank=True, on_delete=models.PROTECT, related_name="proxy_hosts")
     compression = models.JSONField(default=list, blank=True)
-    cache = models.JSONField(null=True, blank=True, help_text="{enabled, default_ttl} or null.")
+    cache = models.JSONField(null=True, blank=True, help_text="{enabled, default_ttl, stale_if_error} or null.")
+    cache_generation = models.PositiveBigIntegerField(
+        default=0, help_text="State, not configuration: incremented by 'Purge cache'; the engine drops "
+                             "entries stored under an older generation. Not exported.")
     rate_limit = models.JSONField(null=True, blank=True, help_text="{requests, per, key, burst} or null.")
     headers = models.JSONField(null=True, blank=True, help_text="{request: {set, remove}, response: {set, remove}}.")
+    security_headers = models.BooleanField(default=False)
+    hide_upstream_identity = models.BooleanField(default=False)
+    cors = models.JSONField(null=True, blank=True,
+                            help_text="{origins, methods, headers, expose, credentials, max_age} or null.")
+    forward_auth = models.JSONField(null=True, blank=True, help_text="{url, response_headers, timeout} or null.")
     block_exploits = models.BooleanField(default=False)
     connect_timeout = models.FloatField(default=5.0, help_text="seconds")
     response_timeout = models.FloatField(default=60.0, help_text="seconds")
@@ -84,6 +95,16 @@ class ProxyHost(HostBase):
         super().clean()
         if not self.upstreams:
             raise ValidationError({"upstreams": "at least one upstream is required"})
+
+    def caches(self):
+        """Whether any response of this host may be cached (the host's or a location's cache
+        enabled): what the dashboard's "Purge cache" is for."""
+        if self.cache and self.cache.get("enabled"):
+            return True
+        return any(loc.cache and loc.cache.get("enabled") for loc in self.locations.all())
+
+    def has_health_checks(self):
+        return bool(self.health_check or self.passive_health)
 
 
 class Location(models.Model):
@@ -173,6 +194,9 @@ class Settings(models.Model):
     tls_fallback = models.CharField(max_length=16, choices=TLS_FALLBACK_CHOICES, default="self_signed",
                                     help_text="What an HTTPS client naming no known host gets.")
     trusted_proxies = models.JSONField(default=list, blank=True)
+    cache_memory_bytes = models.BigIntegerField(default=64 * 1024 * 1024,
+                                                help_text="Memory for cached responses, all hosts together.")
+    cache_disk_bytes = models.BigIntegerField(default=0, help_text="Disk for cached responses; 0 = no disk tier.")
 
     class Meta:
         verbose_name_plural = "settings"
@@ -288,6 +312,9 @@ class EngineNode(models.Model):
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     error_hosts = models.JSONField(default=list, blank=True, help_text="ids of the proxy hosts the error names")
+    upstream_health = models.JSONField(
+        default=dict, blank=True,
+        help_text='{"<host id>": {"<host>:<port>": {"state": "up"|"down", "since": unix time, "reason": str}}}')
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -301,11 +328,15 @@ class EngineNode(models.Model):
         return cls.objects.filter(updated_at__gte=(now or timezone.now()) - cls.GONE_AFTER)
 
     @classmethod
-    def report(cls, name, revision, error=None, hosts=(), now=None):
-        """Upsert the row of worker `name`; `error` None means no error since `revision`."""
+    def report(cls, name, revision, error=None, hosts=(), now=None, health=None):
+        """Upsert the row of worker `name`; `error` None means no error since `revision`.
+        `health` (the engine's upstream states, see `clean_health`) replaces the stored one;
+        None leaves it as it is (a report that carries none)."""
         now = now or timezone.now()
         with transaction.atomic():
             node, _ = cls.objects.get_or_create(name=name)
+            if health is not None:
+                node.upstream_health = clean_health(health)
             if revision != node.served_revision:
                 node.served_revision, node.served_at = revision, now
             if error:
@@ -317,6 +348,36 @@ class EngineNode(models.Model):
             node.updated_at = now
             node.save()
         return node
+
+
+HEALTH_STATES = ("up", "down")
+MAX_HEALTH_HOSTS = 10000
+MAX_HEALTH_UPSTREAMS = 1000
+
+
+def clean_health(health):
+    """The engine's health report reduced to what the dashboard reads, every value checked
+    (it comes from another process): {"<host id>": {"<host>:<port>": {"state", "since",
+    "reason"}}}; anything malformed is dropped rather than stored."""
+    result = {}
+    if not isinstance(health, dict):
+        return result
+    for host_id, upstreams in list(health.items())[:MAX_HEALTH_HOSTS]:
+        host_key = str(host_id)
+        if not host_key.isdigit() or not isinstance(upstreams, dict):
+            continue
+        entries = {}
+        for upstream, state in list(upstreams.items())[:MAX_HEALTH_UPSTREAMS]:
+            if not isinstance(upstream, str) or not isinstance(state, dict) or state.get("state") not in HEALTH_STATES:
+                continue
+            since = state.get("since")
+            entries[upstream[:300]] = {
+                "state": state["state"],
+                "since": float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None,
+                "reason": str(state.get("reason") or "")[:300],
+            }
+        result[host_key] = entries
+    return result
 
 
 class HostTraffic(models.Model):

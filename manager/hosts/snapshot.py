@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from manager.access.models import AccessList
 from manager.certificates.models import AcmeChallenge, Certificate
+from manager.configuration.schema import full_cache, full_health_check
 
 from .models import DeadHost, ProxyHost, RedirectionHost, Settings, Stream
 from .revision import current_revision
@@ -18,7 +19,7 @@ from .revision import current_revision
 __all__ = ["build_snapshot", "current_revision"]
 
 EMPTY_HEADERS = {"request": {"set": {}, "remove": []}, "response": {"set": {}, "remove": []}}
-NO_CACHE = {"enabled": False, "default_ttl": 0.0}
+NO_CACHE = {"enabled": False, "default_ttl": 0.0, "stale_if_error": 0.0}
 ACME_CHALLENGE_LIFETIME = timedelta(hours=1)   # older tokens are leftovers of a crashed request
 
 
@@ -59,7 +60,8 @@ def _settings(config):
         site["to"] = config.default_site_to
     elif config.default_site_action == "html":
         site["body"] = config.default_site_body
-    return {"default_site": site, "trusted_proxies": list(config.trusted_proxies), "tls_fallback": config.tls_fallback}
+    return {"default_site": site, "trusted_proxies": list(config.trusted_proxies), "tls_fallback": config.tls_fallback,
+            "cache": {"memory_bytes": config.cache_memory_bytes, "disk_bytes": config.cache_disk_bytes}}
 
 
 def _proxy_host(host):
@@ -67,7 +69,8 @@ def _proxy_host(host):
         "id": host.pk,
         "domains": list(host.domains),
         "upstreams": list(host.upstreams),
-        "load_balancing": {"policy": host.lb_policy, "health_check": host.health_check},
+        "load_balancing": {"policy": host.lb_policy, "health_check": full_health_check(host.health_check),
+                           "passive": _copy(host.passive_health), "sticky": _copy(host.lb_sticky)},
         "websockets": host.websockets,
         "timeouts": {"connect": host.connect_timeout, "response": host.response_timeout},
         "max_body_size": host.max_body_size,
@@ -78,16 +81,29 @@ def _proxy_host(host):
         },
         "access_list": host.access_list.name if host.access_list else None,
         "compression": list(host.compression),
-        "cache": host.cache or NO_CACHE,
+        "cache": full_cache(host.cache) or dict(NO_CACHE),
+        "cache_generation": host.cache_generation,
         "rate_limit": host.rate_limit,
         "headers": host.headers or EMPTY_HEADERS,
+        "security_headers": host.security_headers,
+        "hide_upstream_identity": host.hide_upstream_identity,
+        "cors": _copy(host.cors),
+        "forward_auth": _copy(host.forward_auth),
         "block_exploits": host.block_exploits,
         "locations": [
-            {"path": loc.path, "upstreams": list(loc.upstreams), "cache": loc.cache, "headers": loc.headers,
+            {"path": loc.path, "upstreams": list(loc.upstreams), "cache": full_cache(loc.cache), "headers": loc.headers,
              "compression": loc.compression, "rate_limit": loc.rate_limit}
             for loc in host.locations.all()
         ],
     }
+
+
+def _copy(value):
+    """A stored mapping (or None) as a fresh dict with fresh lists: the document never shares
+    objects with model instances."""
+    if value is None:
+        return None
+    return {key: list(item) if isinstance(item, list) else item for key, item in value.items()}
 
 
 def _access_list(access_list):

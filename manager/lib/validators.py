@@ -232,18 +232,19 @@ def format_duration(seconds):
     return f"{millis}ms"
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:([kmg])(?:ib|b)?|b)?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def size(value):
-    """'100m', '512k', '1g' (binary multiples, as nginx) or a number of bytes → bytes."""
+    """'100m', '512k', '1g' (binary multiples, as nginx; '64MiB' and '64mb' mean the same) or a
+    number of bytes → bytes."""
     if isinstance(value, bool):
         raise Invalid(f"invalid size {value!r}")
     if isinstance(value, int):
         total = value
     elif isinstance(value, str) and (match := _SIZE.match(value.lower())):
-        total = int(match[1]) * _SIZE_UNITS[match[2]]
+        total = int(match[1]) * _SIZE_UNITS[match[2] or ""]
     else:
         raise Invalid(f"invalid size {value!r} (use e.g. 512k, 100m, 1g)")
     if total < 0:

@@ -77,7 +77,7 @@ def tls():
 @pytest.fixture
 def full_document(contract, tls):
     """The contract example plus every other form a key can take: DNS providers of both
-    kinds and a wildcard DNS-01 certificate, a custom certificate with chain, a disabled host, weights, header-keyed rate limits, header `add` rules, IPv6, UDP streams."""
+    kinds and a wildcard DNS-01 certificate, a custom certificate with chain, a disabled host, weights, header-keyed rate limits, header `add` rules, IPv6, UDP streams, and every traffic-feature key (issue #6)."""
     doc = contract
     doc["settings"]["default_site"] = {"action": "html", "body": "<h1>Nothing here</h1>\n<p>Move along.</p>\n"}
     doc["settings"]["trusted_proxies"].append("2001:db8::/32")
@@ -110,6 +110,27 @@ def full_document(contract, tls):
                                    "response": {"set": {"X-Robots-Tag": "noindex", "Cache-Control": "no-store"},
                                                 "add": {"Link": "</api/docs>; rel=help"}}}}],
     })
+    # Every traffic-feature key (issue #6), each at a value other than its default.
+    doc["settings"]["cache"] = {"memory_bytes": "256m", "disk_bytes": "10g"}
+    doc["proxy_hosts"].append({
+        "domains": ["media.example.test"],
+        "upstreams": ["http://10.0.1.20:8096", "http://10.0.1.21:8096"],
+        "load_balancing": {"policy": "least_conn", "sticky": {"cookie": "jf_route", "max_age": "1d"},
+                           "health_check": {"path": "/health", "interval": "30s", "timeout": "5s", "expect": "200-299",
+                                            "healthy": 1, "unhealthy": 5},
+                           "passive": {"failures": 5, "window": "1m", "cooldown": "2m"}},
+        "forward_auth": {"url": "http://127.0.0.1:9091/api/verify?rd=https://auth.example.test",
+                         "response_headers": ["Remote-User", "Remote-Groups"], "timeout": "3s"},
+        "cache": {"enabled": True, "default_ttl": "5m", "stale_if_error": "1h"},
+        "security_headers": True,
+        "hide_upstream_identity": True,
+        "cors": {"origins": ["https://app.example.test", "http://localhost:5173"], "methods": ["GET", "POST"],
+                 "headers": ["Content-Type"], "expose": ["X-Total-Count"], "credentials": True, "max_age": "1h"},
+        "locations": [{"path": "/img/", "cache": {"enabled": True, "default_ttl": "1d", "stale_if_error": "10m"}}],
+    })
+    doc["proxy_hosts"].append({"domains": ["status.example.test"], "upstreams": ["http://10.0.1.30:3001"],
+                               "load_balancing": {"health_check": {"path": "/", "interval": "1m", "expect": 204}},
+                               "cors": {"origins": ["*"]}})
     doc["redirection_hosts"].append({"domains": ["www.example.test"], "to": "https://example.test/home", "code": 308,
                                      "preserve_path": False})
     doc["streams"].append({"listen": 5353, "protocol": "udp", "upstream": "[2001:db8::53]:53", "enabled": False})

@@ -25,6 +25,7 @@ def test_it_reads_every_key_of_the_contract_example_into_canonical_values():
         "default_site_action": "404", "default_site_to": "", "default_site_body": "",
         "acme_email": "me@example.test", "acme_directory": "https://acme-v02.api.letsencrypt.org/directory",
         "acme_ca_bundle": "", "tls_fallback": "self_signed", "trusted_proxies": ["10.0.0.0/8"],
+        "cache_memory_bytes": 64 * 1024 * 1024, "cache_disk_bytes": 0,
     }
     (family,) = doc["access_lists"]
     assert (family["name"], family["satisfy"], family["pass_auth"]) == ("family", "any", False)
@@ -39,7 +40,9 @@ def test_it_reads_every_key_of_the_contract_example_into_canonical_values():
     assert host["upstreams"] == [{"scheme": "http", "host": "10.0.1.10", "port": 3000, "weight": 1},
                                  {"scheme": "http", "host": "10.0.1.11", "port": 3000, "weight": 2}]
     assert host["lb_policy"] == "least_conn"
-    assert host["health_check"] == {"path": "/health", "interval": 10.0}
+    assert host["health_check"] == {"path": "/health", "interval": 10.0, "timeout": 2.0, "expect": [200, 399],
+                                    "healthy": 2, "unhealthy": 3}
+    assert host["passive_health"] is None and host["lb_sticky"] is None
     assert host["websockets"] is True
     assert (host["connect_timeout"], host["response_timeout"]) == (5.0, 60.0)
     assert host["max_body_size"] == 100 * 1024 * 1024
@@ -47,14 +50,16 @@ def test_it_reads_every_key_of_the_contract_example_into_canonical_values():
     assert (host["force_https"], host["http2"], host["hsts"], host["hsts_subdomains"]) == (True, True, True, False)
     assert host["access_list"] == "family"
     assert host["compression"] == ["gzip", "br", "zstd"]
-    assert host["cache"] == {"enabled": True, "default_ttl": 300.0}
+    assert host["cache"] == {"enabled": True, "default_ttl": 300.0, "stale_if_error": 0.0}
+    assert (host["security_headers"], host["hide_upstream_identity"], host["cors"], host["forward_auth"]) == (
+        False, False, None, None)
     assert host["rate_limit"] == {"requests": 100, "per": 60.0, "key": "ip", "burst": 20}
     assert host["headers"] == {"request": {"set": {"X-Env": "home"}, "remove": ["X-Debug"]},
                                "response": {"set": {"X-Frame-Options": "DENY"}, "remove": ["Server", "X-Powered-By"]}}
     assert host["block_exploits"] is True
     assert host["locations"] == [{"position": 0, "path": "/static/",
                                   "upstreams": [{"scheme": "http", "host": "10.0.1.10", "port": 3000, "weight": 1}],
-                                  "cache": {"enabled": True, "default_ttl": 86400.0},
+                                  "cache": {"enabled": True, "default_ttl": 86400.0, "stale_if_error": 0.0},
                                   "headers": None, "compression": None, "rate_limit": None}]
 
     (redirect,) = doc["redirection_hosts"]

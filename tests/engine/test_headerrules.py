@@ -204,3 +204,86 @@ def test_http2_request_rules_reach_the_upstream_and_response_rules_reach_the_cli
     assert answer.header(b"server") is None and answer.header(b"x-powered-by") is None
     assert answer.header(b"x-content-type-options") == b"nosniff" and answer.header(b"x-app") == b"yes"
 
+
+
+# -- presets: security_headers, hide_upstream_identity ------------------------------------------
+
+SECURITY = (b"X-Content-Type-Options: nosniff\r\nX-Frame-Options: SAMEORIGIN\r\n"
+            b"Referrer-Policy: strict-origin-when-cross-origin\r\n"
+            b"Permissions-Policy: camera=(), microphone=(), geolocation=()\r\n")
+
+
+def with_presets(security=True, hide=True, host_headers=None, location_headers=None):
+    doc = with_headers(host_headers, location_headers)
+    doc["proxy_hosts"][0].update(security_headers=security, hide_upstream_identity=hide)
+    return doc
+
+
+def test_presets_parse_and_refuse_non_booleans():
+    host = parse_snapshot(with_presets()).proxy_hosts[0]
+    assert host.security_headers is True and host.hide_upstream_identity is True
+    assert parse_snapshot(document()).proxy_hosts[0].security_headers is False
+    doc = with_presets()
+    doc["proxy_hosts"][0].update(security_headers="yes", hide_upstream_identity=1)
+    with pytest.raises(SnapshotError) as caught:
+        parse_snapshot(doc)
+    assert "proxy_hosts[0].security_headers" in str(caught.value)
+    assert "proxy_hosts[0].hide_upstream_identity" in str(caught.value)
+
+
+def test_presets_compile_into_the_response_rules_of_the_host_and_every_location():
+    route = route_of(with_presets(location_headers={"response": {"set": {"Cache-Control": "max-age=60"}}}))
+    for path in (b"/", b"/static/a.css", b"/static/big/x"):
+        response = route.header_rules.for_path(path).response
+        assert b"".join(line for _, line, _ in response.defaults) == SECURITY
+        assert {b"server", b"x-powered-by", b"x-aspnet-version", b"x-aspnetmvc-version"} <= response.drop
+    assert route.header_rules.for_path(b"/").request is None          # presets are response-only
+    assert route_of(with_presets(security=False, hide=False)).header_rules is None
+
+
+def test_upstream_security_headers_are_kept_and_missing_ones_added():
+    rules = route_of(with_presets()).header_rules.for_path(b"/").response
+    headers = triples((b"Server", b"nginx/1.25"), (b"X-Powered-By", b"PHP/8.2"), (b"X-AspNet-Version", b"4.0"),
+                      (b"X-AspNetMvc-Version", b"5.2"), (b"X-Frame-Options", b"DENY"),
+                      (b"Referrer-Policy", b"no-referrer"), (b"Content-Type", b"text/html"))
+    head = client_response_head(b"HTTP/1.1 200 OK\r\n", headers, b"Content-Length: 0\r\n", b"", rules)
+    assert head == (b"HTTP/1.1 200 OK\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
+                    b"Content-Type: text/html\r\nX-Content-Type-Options: nosniff\r\n"
+                    b"Permissions-Policy: camera=(), microphone=(), geolocation=()\r\nContent-Length: 0\r\n\r\n")
+    h2 = response_headers(200, headers, b"t-1", 0, rules)
+    assert [n for n, _ in h2].count(b"x-frame-options") == 1 and (b"x-frame-options", b"DENY") in h2
+    assert (b"x-content-type-options", b"nosniff") in h2 and not any(n == b"server" for n, _ in h2)
+
+
+def test_explicit_rules_win_over_presets():
+    doc = with_presets(host_headers={"response": {"set": {"X-Frame-Options": "DENY", "Server": "gatehouse"},
+                                                  "remove": ["Permissions-Policy"],
+                                                  "add": {"Referrer-Policy": "no-referrer"}}})
+    rules = route_of(doc).header_rules.for_path(b"/").response
+    assert [lname for lname, _, _ in rules.defaults] == [b"x-content-type-options"]
+    headers = triples((b"Server", b"Apache"), (b"Permissions-Policy", b"camera=*"), (b"X-Frame-Options", b"ALLOW"))
+    head = client_response_head(b"HTTP/1.1 200 OK\r\n", headers, b"", b"", rules)
+    assert head == (b"HTTP/1.1 200 OK\r\nX-Frame-Options: DENY\r\nServer: gatehouse\r\n"
+                    b"Referrer-Policy: no-referrer\r\nX-Content-Type-Options: nosniff\r\n\r\n")
+    # A location's own rules win there too; the presets still apply to the rest.
+    loc = route_of(with_presets(location_headers={"response": {"remove": ["X-Content-Type-Options"]}}))
+    assert b"x-content-type-options" not in [n for n, _, _ in loc.header_rules.for_path(b"/static/a").response.defaults]
+    assert len(loc.header_rules.for_path(b"/other").response.defaults) == 4
+
+
+def test_http11_and_http2_responses_carry_the_presets():
+    h = Harness(with_presets())
+    client, ct = h.client()
+    client.dataReceived(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+    _, up, _ = h.connect_upstream()
+    up.dataReceived(UPSTREAM)
+    assert ct.value() == (b"HTTP/1.1 200 OK\r\nX-App: yes\r\n" + SECURITY + b"X-Request-Id: t-1\r\n"
+                          b"Content-Length: 2\r\n\r\nhi")
+    h, c = h2_setup(with_presets(security=False))
+    sid = c.request(b"/")
+    _, up, _ = h.connect_upstream()
+    up.dataReceived(UPSTREAM)
+    c.pump()
+    answer = c.answers[sid]
+    assert answer.header(b"server") is None and answer.header(b"x-powered-by") is None
+    assert answer.header(b"x-frame-options") is None and answer.header(b"x-app") == b"yes"

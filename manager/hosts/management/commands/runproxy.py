@@ -29,11 +29,13 @@ def in_worker_thread(function):
     return call
 
 
-def report_status(revision, error, hosts=()):
-    """The engine's `on_status` hook (in a thread of the worker reporting)."""
+def report_status(revision, error, hosts=(), health=None):
+    """The engine's `on_status` hook (in a thread of the worker reporting). `health` is the
+    worker's upstream states ({host id: {"host:port": {state, since, reason}}}) or None when
+    the report carries none (the stored states are then kept)."""
     from manager.hosts.models import EngineNode
 
-    EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts)
+    EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts, health=health)
 
 
 def record_traffic(bucket_start, counts):
@@ -59,6 +61,9 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", default=str(settings.DATA_DIR / "logs" / "access.log"),
                             help='access log file (JSON lines, rotated at 10 MiB x 5; default: '
                                  '$GATEHOUSE_DATA_DIR/logs/access.log), "-" for stdout, or "off"')
+        parser.add_argument("--cache-dir", default=str(settings.DATA_DIR / "cache"),
+                            help="directory of the response cache's disk tier (default: $GATEHOUSE_DATA_DIR/cache; "
+                                 "used only when the cache settings give it bytes; cleared on restart)")
         parser.add_argument("--traffic-interval", type=float, default=10.0,
                             help="seconds per bucket of the per-host request/error counts (default 10)")
 
@@ -82,6 +87,7 @@ class Command(BaseCommand):
             on_status=in_worker_thread(report_status),
             on_traffic=in_worker_thread(record_traffic),
             traffic_interval=options["traffic_interval"],
+            cache_dir=options["cache_dir"],
         )
         if return_code:
             raise SystemExit(return_code)
