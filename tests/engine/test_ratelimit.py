@@ -5,6 +5,7 @@ Redis, and the local fallback while Redis is down."""
 import http.client
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from proxy_engine.ratelimit import (LUA_SHA, PENDING, Limiter, LocalBuckets, Rat
                                     redis_name)
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import RateLimitConfig, SnapshotError, parse_snapshot
+from tests.engine.edge_live import Edge
 from tests.engine.support import Harness, document
 from tests.engine.test_h2 import H2Client
 from tests.live import EngineProcess, RedisServer, Upstream, free_port
@@ -465,3 +467,50 @@ def test_h2_waits_for_redis_then_forwards_or_answers_429(shared):
     pump(h.redis_reactor, answered)
     assert c.answers[sid].status == 429 and c.answers[sid].header(b"retry-after") == b"60"
     assert len(h.reactor.tcpClients) == 1
+
+
+# -- HTTP/2 through a real engine process (TLS, ALPN h2, driven with curl) ---------------------
+
+class TlsEngine:
+    """An engine process serving HTTPS (h2) for `app.example.test` with a trustme CA."""
+    h2 = Edge.h2
+
+    def __init__(self, tmp, doc, *extra):
+        import trustme
+        self.tmp = tmp
+        ca = trustme.CA()
+        leaf = ca.issue_cert("app.example.test")
+        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+        doc["proxy_hosts"][0]["ssl"] = {"certificate": "t", "force_https": False, "http2": True, "hsts": False}
+        doc["certificates"] = [{"name": "t", "domains": [], "key_pem": leaf.private_key_pem.bytes().decode(),
+                                "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(), "chain_pem": ""}]
+        (tmp / "snapshot.json").write_text(json.dumps(doc))
+        self.port, self.https_port = free_port(), free_port()
+        self.engine = EngineProcess(
+            [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
+             str(self.port), "--https-port", str(self.https_port), "--bind", "127.0.0.1", *extra], self.port)
+        self.engine.wait_for(lambda r, d: r.status == 404, host="probe.example.test")
+
+
+def test_h2_engine_process_shares_the_bucket_through_redis_and_answers_429(upstream, tmp_path):
+    if "HTTP2" not in subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout:
+        pytest.skip("curl with HTTP/2 is not installed")
+    host_id = 800000 + os.getpid() % 10000
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    doc = limited_doc({"requests": 2, "per": 60.0}, port=upstream.server_address[1], host_id=host_id)
+    doc["proxy_hosts"][0]["domains"] = ["app.example.test"]
+    tls = TlsEngine(tmp_path, doc, "--redis-url", "redis://127.0.0.1:6379/0")
+    try:
+        time.sleep(0.5)
+        answers = [tls.h2("GET", "/", "app.example.test") for _ in range(3)]
+        assert [(version, status) for version, status, _, _ in answers] == [("2", 200), ("2", 200), ("2", 429)]
+        pairs = dict(answers[2][2])
+        assert pairs["retry-after"] == "30" and pairs["ratelimit"] == '"gatehouse";r=0;t=30'
+        assert upstream.count == 2
+        assert tls.engine.request("GET", "/")[0].status == 429        # HTTP/1.1 shares the same bucket
+        assert client.exists(f"gatehouse:rl:{host_id}:ip:127.0.0.1")
+    finally:
+        tls.engine.stop()
+        keys = client.keys(f"gatehouse:rl:{host_id}:*")
+        if keys:
+            client.delete(*keys)
