@@ -2,7 +2,6 @@
 the Lua script on the real Redis (127.0.0.1:6379), and real engine processes: 429s with
 headers that never reach the upstream, API-key buckets, two engines sharing a bucket through
 Redis, and the local fallback while Redis is down."""
-import http.client
 import json
 import os
 import subprocess
