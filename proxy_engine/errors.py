@@ -15,7 +15,7 @@ REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 301: b"Moved Permanently",
     302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",
     401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout", 417: b"Expectation Failed", 413: b"Content Too Large",
-    431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
@@ -95,11 +95,15 @@ CLIENT_ERRORS = {
     401: "This site needs a valid user name and password.",
     403: "Access to this site is not allowed from here.",
     413: "The request body is larger than this site accepts.",
+    429: "Too many requests from this client: the site's rate limit was reached; retry later.",
     431: "The request headers are too large.",
     417: "Only the 100-continue expectation is supported.",
     505: "This HTTP version is not supported.",
     503: "The proxy is starting and has no configuration yet.",
 }
+
+# A 403 of the block-exploits check (proxy_engine.exploits) names its cause in these words.
+EXPLOIT_BLOCKED = "The request looks like an attack on the site ({}) and was blocked."
 
 
 def error_body(status, cause, wants_json, request_id=b""):

@@ -65,13 +65,15 @@ from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
-from proxy_engine.errors import CLIENT_ERRORS, ClientGone, TlsHandshakeFailed, error_body
+from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, ClientGone, TlsHandshakeFailed, error_body
+from proxy_engine.exploits import CAUSES as EXPLOIT_CAUSES
 from proxy_engine.fastio import send
 from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
 from proxy_engine.health import is_upstream_fault
 from proxy_engine.headers import (HOP_BY_HOP, LAST_CHUNK, accept_client, connection_tokens, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
+from proxy_engine.ratelimit import PENDING as LIMIT_PENDING
 from proxy_engine.routing import NOT_ACME, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
 
@@ -475,12 +477,21 @@ class H2Stream:
 
     def _gate(self, route):
         """Stage 2: cheap local refusals, each only when its feature is on for the route."""
+        if route.exploits is not None:
+            kind = route.exploits(self.target, self.headers)
+            if kind is not None:
+                self.respond(403, None, cause=EXPLOIT_BLOCKED.format(EXPLOIT_CAUSES[kind]))
+                return
         if route.cors is not None:       # CORS: a preflight is answered here; allow-origin joins the rules
             preflight = route.cors.preflight(self.method, self.headers)
             if preflight is not None:
                 self.respond(preflight.status, b"", preflight.pairs, cause=preflight.cause)
                 return
             self.rules = route.cors.rules_for(self.rules, self.headers)
+        if route.rate_limit is not None:
+            limit = route.rate_limit.for_path(self.target)
+            if limit is not None and not self._rate_limit(route, limit):
+                return                   # answered 429, or waiting for Redis (`_rate_decided`)
         self._access(route)
 
     def _access(self, route):
@@ -533,6 +544,29 @@ class H2Stream:
         if not self.complete and any(n == b"expect" and v.lower() == b"100-continue" for n, _, v in self.headers):
             proto.h2.send_headers(self.stream_id, [(b":status", b"100")])
         self.connector = proto.pool.acquire(upstream, route.timeouts.connect, self)
+
+    def _rate_limit(self, route, limit):
+        """This request's rate limit: True when it may go on now, else it was answered or waits."""
+        proto = self.proto
+        decision = limit.check(proto.peer, proto.is_trusted(self.router), self.headers,
+                               lambda decision: self._rate_decided(route, decision))
+        if decision is LIMIT_PENDING:
+            return False
+        if decision.allowed:
+            return True
+        self.respond(429, None, decision.fields(), cause=CLIENT_ERRORS[429])
+        return False
+
+    def _rate_decided(self, route, decision):
+        """The shared (Redis) rate-limit decision for this stream arrived (reactor thread)."""
+        proto = self.proto
+        if self.state is not WAITING or self.responded or proto.state is CLOSED:
+            return                       # refused meanwhile (413), reset, or the client left
+        if decision.allowed:
+            self._access(route)
+        else:
+            self.respond(429, None, decision.fields(), cause=CLIENT_ERRORS[429])
+        proto.send_pending()
 
     def _check_access(self, access, router):
         """The route's access policy on this request: ALLOWED, PENDING, or answered (401/403)."""

@@ -47,7 +47,8 @@ from twisted.internet.protocol import Factory, Protocol
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
 from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
 from proxy_engine.cache import ResponseCache
-from proxy_engine.errors import CLIENT_ERRORS, REASONS, ClientGone, TlsHandshakeFailed, error_body
+from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, REASONS, ClientGone, TlsHandshakeFailed, error_body
+from proxy_engine.exploits import CAUSES as EXPLOIT_CAUSES
 from proxy_engine.events import NullSink, RequestIds
 from proxy_engine.fastio import send, send_sequence
 from proxy_engine.forwardauth import ALLOW, DENY, AuthClient, with_cors
@@ -55,6 +56,8 @@ from proxy_engine.health import HealthRegistry, is_upstream_fault
 from proxy_engine.headers import (LAST_CHUNK, accept_client, client_response_head, first_upstream_write,
                                    upstream_request_head)
 from proxy_engine.pages import NOT_FOUND_PAGE, STARTING_PAGE
+from proxy_engine.ratelimit import PENDING as LIMIT_PENDING
+from proxy_engine.ratelimit import Limiter
 from proxy_engine.routing import NOT_ACME, Router, normalize_host
 from proxy_engine.upstream import CLOSED as UPSTREAM_CLOSED
 from proxy_engine.upstream import UpstreamPool
@@ -157,13 +160,16 @@ class ProxyFactory(Factory):
         self.active = 0
         # Runs password hashing off the reactor (access lists); tests replace it.
         self.run_in_thread = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
+        # Rate-limit buckets of this worker (kept across snapshots); run_worker shares one with Redis.
+        self.limiter = Limiter(reactor)
         # Cached responses (proxy_engine.cache): one store per worker, shared by its factories.
         self.cache = cache if cache is not None else ResponseCache(
             reactor, directory=cache_dir, run_in_thread=lambda f, *a: self.run_in_thread(f, *a))
 
     def swap(self, snapshot):
         self.health.update(snapshot)
-        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread, self.health)
+        router = Router(snapshot, self.scheme, self.https_port, self.run_in_thread, self.health,
+                        limiter=self.limiter)
         self.cache.swap(snapshot, router, self.scheme)
         self.router = router
         addresses = {u.address for h in snapshot.proxy_hosts for u in h.upstreams}
@@ -466,12 +472,21 @@ class ProxyProtocol(Protocol):
 
     def _gate(self, request, route):
         """Stage 2: cheap local refusals, each only when its feature is on for the route."""
+        if route.exploits is not None:
+            kind = route.exploits(request.target, request.headers)
+            if kind is not None:
+                self._respond(request, 403, None, cause=EXPLOIT_BLOCKED.format(EXPLOIT_CAUSES[kind]))
+                return
         if route.cors is not None:       # CORS: a preflight is answered here; allow-origin joins the rules
             preflight = route.cors.preflight(request.method, request.headers)
             if preflight is not None:
                 self._respond(request, preflight.status, b"", extra=preflight.lines, cause=preflight.cause)
                 return
             request.rules = route.cors.rules_for(request.rules, request.headers)
+        if route.rate_limit is not None:
+            limit = route.rate_limit.for_path(request.target)
+            if limit is not None and not self._rate_limit(request, route, limit):
+                return                   # answered 429, or waiting for Redis (`_rate_decided`)
         self._access(request, route)
 
     def _access(self, request, route):
@@ -523,6 +538,28 @@ class ProxyProtocol(Protocol):
         if request.expect_continue and not request.complete:
             self._write(_CONTINUE)
         request.connector = self.pool.acquire(request.upstream, route.timeouts.connect, self)
+
+    def _rate_limit(self, request, route, limit):
+        """The request's rate limit: True when it may go on now, else it was answered or waits."""
+        if self.trusted_for is not request.router:
+            self.trusted, self.trusted_for = request.router.trusts(self.peer), request.router
+        decision = limit.check(self.peer, self.trusted, request.headers,
+                               lambda decision: self._rate_decided(request, route, decision))
+        if decision is LIMIT_PENDING:
+            return False
+        if decision.allowed:
+            return True
+        self._respond(request, 429, None, cause=CLIENT_ERRORS[429], extra=decision.lines())
+        return False
+
+    def _rate_decided(self, request, route, decision):
+        """The shared (Redis) rate-limit decision for `request` arrived (reactor thread)."""
+        if self.active is not request or request.responded or self.state is not ACTIVE:
+            return                       # refused meanwhile (413), or the client left
+        if decision.allowed:
+            self._access(request, route)
+        else:
+            self._respond(request, 429, None, cause=CLIENT_ERRORS[429], extra=decision.lines())
 
     def _check_access(self, request, access, router):
         """The route's access policy on `request`: ALLOWED, PENDING, or answered (401/403)."""

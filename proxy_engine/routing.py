@@ -22,9 +22,11 @@ from proxy_engine.access import AccessPolicy
 from proxy_engine.balancer import build_group
 from proxy_engine.compress import build_route_compression
 from proxy_engine.cors import build_cors
+from proxy_engine.exploits import blocked as exploit_blocked
 from proxy_engine.forwardauth import ForwardAuth
 from proxy_engine.headerrules import build_route_rules
 from proxy_engine.pages import ACCESS_CLOSED_PAGE, NOT_FOUND_PAGE, WELCOME_PAGE
+from proxy_engine.ratelimit import Limiter, build_route_limits
 
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 NOT_ACME = object()
@@ -32,7 +34,7 @@ NOT_ACME = object()
 
 class ProxyRoute:
     __slots__ = ("host", "group", "locations", "max_body_size", "timeouts", "websockets", "force_https", "hsts",
-                 "header_rules", "access", "cors", "forward_auth", "compression", "cache")
+                 "header_rules", "access", "cors", "forward_auth", "compression", "cache", "rate_limit", "exploits")
     kind = "proxy"
 
     def __init__(self, host, scheme=b"http", https_port=None, tls=None, health=None):
@@ -51,6 +53,8 @@ class ProxyRoute:
         # None without any header rule (nothing per request), else `RouteHeaderRules`.
         self.header_rules = build_route_rules(host)
         self.access = None       # the host's `access.AccessPolicy`, set by the Router
+        self.rate_limit = None   # `ratelimit.RouteLimits` when the host or a location limits, set by the Router
+        self.exploits = exploit_blocked if host.block_exploits else None   # (target, headers) -> None or a kind
         self.cors = build_cors(host.cors)          # `cors.CorsPolicy`, or None
         self.forward_auth = ForwardAuth(host.forward_auth) if host.forward_auth is not None else None
         # None when no path of the host compresses, else `compress.RouteCompression`.
@@ -116,7 +120,7 @@ def normalize_host(raw):
 class Router:
     __slots__ = ("snapshot", "trusted", "exact", "wildcard", "default", "acme")
 
-    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None, health=None):
+    def __init__(self, snapshot, scheme=b"http", https_port=None, run_in_thread=None, health=None, limiter=None):
         exact = {}
         wildcard = {}
 
@@ -135,6 +139,9 @@ class Router:
             route = ProxyRoute(host, scheme, https_port, snapshot.tls, health)
             if host.access_list:
                 route.access = policies[host.access_list]
+            if host.rate_limit is not None or any(loc.rate_limit is not None for loc in host.locations):
+                limiter = limiter or Limiter()    # the worker's buckets (kept across snapshots), else these
+                route.rate_limit = build_route_limits(host, limiter, self.trusts)
             add(host.domains, route)
         for host in snapshot.redirection_hosts:
             add(host.domains, RedirectRoute(host.to, host.code, host.preserve_path))

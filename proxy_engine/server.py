@@ -37,6 +37,7 @@ from proxy_engine.accesslog import open_access_log
 from proxy_engine.traffic import TrafficCounter
 from proxy_engine.events import NullSink, UpstreamErrorSink
 from proxy_engine.protocol import ProxyFactory
+from proxy_engine.ratelimit import Limiter
 from proxy_engine.reload import ConfigWatcher
 from proxy_engine.snapshot import parse_snapshot
 
@@ -121,6 +122,11 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
                               traffic=traffic)
         secure.h2_protocol_class = _h2_protocol_class() if tls_server.h2_enabled else None
         factories.append(secure)
+    # One set of rate-limit buckets per worker for both factories, shared through Redis when
+    # there is a URL (proxy_engine.ratelimit).
+    limiter = Limiter(reactor, redis_url)
+    for f in factories:
+        f.limiter = limiter
 
     def parse(document):                 # reload thread: the snapshot and its TLS table
         return tls.attach(parse_snapshot(document), tls_server if serve_https else None)
@@ -142,9 +148,11 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
         ports += serve(reactor, tls.https_factory(tls_server, secure), addresses, https_port, reuse_port=reuse_port)
         log.info("engine worker %s serving HTTPS on port %s", os.getpid(), https_port)
     reactor.callWhenRunning(watcher.start)
+    reactor.callWhenRunning(limiter.start)
     if traffic is not None:
         reactor.callWhenRunning(traffic.start)
     reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", limiter.stop)
     reactor.addSystemEventTrigger("before", "shutdown", factory.health.stop)
     reactor.addSystemEventTrigger(
         "before", "shutdown",

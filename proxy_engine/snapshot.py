@@ -63,6 +63,15 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """`requests` per `per` seconds, `burst` more at once; `key` "ip" or "header:<Name>"."""
+    requests: int
+    per: float
+    burst: int = 0
+    key: str = "ip"
+
+
+@dataclass(frozen=True, slots=True)
 class CacheOptions:
     """`cache` of a host or location (proxy_engine.cache)."""
     enabled: bool = False
@@ -483,6 +492,30 @@ def _positive(r, value, path):
     return value
 
 
+def _rate_limit(r, raw, path):
+    """A RateLimitConfig, or None (absent, or invalid: the error is recorded)."""
+    if raw is None:
+        return None
+    requests = r.get(raw, "requests", path, int)
+    per = r.get(raw, "per", path, float, 1.0)
+    burst = r.get(raw, "burst", path, int, 0)
+    key = r.get(raw, "key", path, str, "ip")
+    ok = requests is not None and per is not None and burst is not None and key is not None
+    if requests is not None and requests <= 0:
+        r.error(f"{path}.requests", f"must be greater than 0, got {requests}")
+        ok = False
+    if per is not None and not 0 < per <= 315360000:          # 10 years: microseconds stay exact in Lua
+        r.error(f"{path}.per", f"must be greater than 0 and at most 10 years (315360000), got {per}")
+        ok = False
+    if burst is not None and burst < 0:
+        r.error(f"{path}.burst", f"must be 0 or more, got {burst}")
+        ok = False
+    if key is not None and key != "ip" and not (key.startswith("header:") and _HEADER_NAME.match(key[7:])):
+        r.error(f"{path}.key", f'must be "ip" or "header:<Header-Name>", got {key[:80]!r}')
+        ok = False
+    return RateLimitConfig(requests, per, burst, key) if ok else None
+
+
 def _proxy_host(r, raw, path, seen):
     h = r.mapping(raw, path)
     host_id = r.get(h, "id", path, int)
@@ -524,7 +557,7 @@ def _proxy_host(r, raw, path, seen):
             if loc.get("headers") is not None else None,
             compression=_compression(r, r.get(loc, "compression", lp, list, None, allow_none=True),
                                      f"{lp}.compression"),
-            rate_limit=r.get(loc, "rate_limit", lp, dict, None, allow_none=True),
+            rate_limit=_rate_limit(r, r.get(loc, "rate_limit", lp, dict, None, allow_none=True), f"{lp}.rate_limit"),
         ))
     return ProxyHost(
         id=host_id or 0,
@@ -542,7 +575,7 @@ def _proxy_host(r, raw, path, seen):
         compression=compression or (),
         cache=_cache_options(r, r.get(h, "cache", path, dict, None, allow_none=True), f"{path}.cache"),
         cache_generation=_cache_generation(r, h, path),
-        rate_limit=r.get(h, "rate_limit", path, dict, None, allow_none=True),
+        rate_limit=_rate_limit(r, r.get(h, "rate_limit", path, dict, None, allow_none=True), f"{path}.rate_limit"),
         request_headers=request_headers,
         response_headers=response_headers,
         block_exploits=bool(r.get(h, "block_exploits", path, bool, False)),
