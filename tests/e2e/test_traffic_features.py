@@ -310,3 +310,27 @@ def test_load_balancing_spreads_skips_a_killed_upstream_and_answers_502_when_non
                "the engine to report both upstreams down")
     response, body = get(world, "lb", "/none")
     assert response.status == 502 and b"no healthy upstream" in body, body[:300]
+
+
+# -- rate limiting and exploit blocking --------------------------------------------------
+
+def test_rate_limit_refuses_requests_over_the_limit_before_the_upstream(world):
+    upstream = world["servers"]["limit"]
+    answers = [get(world, "limit", f"/api/{i}") for i in range(5)]
+    assert [response.status for response, _ in answers] == [200, 200, 200, 429, 429]
+    for response, _ in answers[3:]:
+        retry_after = response.getheader("Retry-After")
+        assert retry_after is not None and 0 < int(retry_after) <= 60, retry_after
+    assert [e["path"] for e in seen(upstream)] == ["/api/0", "/api/1", "/api/2"]
+
+
+def test_block_exploits_refuses_sql_injection_without_the_upstream(world):
+    upstream = world["servers"]["exploits"]
+    response, _ = get(world, "exploits", "/search?q=1%20union%20select%20username,%20password%20from%20users")
+    assert response.status == 403
+    response, _ = get(world, "exploits", "/search?q=union+select+name,pass+from+users")
+    assert response.status == 403
+    assert seen(upstream) == [], "a refused request must not reach the upstream"
+    response, body = get(world, "exploits", "/search?q=holiday%20photos%20union%20station")
+    assert response.status == 200 and json.loads(body)["path"] == "/search?q=holiday%20photos%20union%20station"
+    assert [e["path"] for e in seen(upstream)] == ["/search?q=holiday%20photos%20union%20station"]
