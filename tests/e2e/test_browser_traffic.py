@@ -113,7 +113,7 @@ def test_load_balancing_form_and_the_upstream_health_panel(page, live_server, en
     for server in (a, b):
         row = health_row(page, server)
         wait_until(lambda: reload_until(page, row, ".badge.ok"), 20, f"the panel to show {url(server)} up")
-        assert "up on 1 of 1 node" in row.inner_text()
+        assert "up on 1 of" in row.inner_text()
 
     # b is killed: the panel turns it down on its own (htmx refresh), a stays up.
     kill(b)
