@@ -85,6 +85,7 @@ DAY, YEAR = 86400.0, 365 * 86400.0
 MAX_CACHE_MEMORY, MAX_CACHE_DISK = 1 << 40, 1 << 44
 MAX_CACHE_TTL = 10 * YEAR
 MAX_FORWARD_AUTH_TIMEOUT = 300.0
+MAX_RATE_PERIOD = 10 * YEAR
 
 
 @dataclass(frozen=True)
@@ -691,7 +692,7 @@ def _rate_limit(r, m, at):
     if limit is None:
         return None
     return {"requests": r.field(limit, "requests", where, lambda v: validators.positive_int(v, "requests"), 1),
-            "per": r.field(limit, "per", where, positive_duration, 1.0),
+            "per": r.field(limit, "per", where, duration_at_most(MAX_RATE_PERIOD, positive=True), 1.0),
             "key": r.field(limit, "key", where, rate_limit_key, "ip"),
             "burst": r.field(limit, "burst", where, lambda v: validators.positive_int(v, "burst", minimum=0), 0)}
 

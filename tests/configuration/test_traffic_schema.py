@@ -172,6 +172,8 @@ P = "proxy_hosts[0]"
      f"{P}.forward_auth.response_headers[0]: Host cannot be copied"),
     ({"forward_auth": {"url": "http://auth.lan/", "timeout": "10m"}},
      f"{P}.forward_auth.timeout: duration '10m' is longer than 5m"),
+    ({"rate_limit": {"requests": 5, "per": "4000d"}},
+     f"{P}.rate_limit.per: duration '4000d' is longer than 3650d"),
     ({"load_balancing": {"health_check": {"interval": "2d"}}},
      f"{P}.load_balancing.health_check.interval: duration '2d' is longer than 1d"),
     ({"load_balancing": {"passive": {"cooldown": "25h"}}}, f"{P}.load_balancing.passive.cooldown: duration '25h' is longer than 1d"),
