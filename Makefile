@@ -77,6 +77,10 @@ bench: $(TEST_STAMP)
 	$(VENV_PY) bench/engine_stream.py
 	$(VENV_PY) bench/engine_idle.py
 	$(VENV_PY) bench/engine_tls.py
+	$(VENV_PY) bench/engine_cache.py
+	$(VENV_PY) bench/engine_compress.py
+	$(VENV_PY) bench/engine_lb.py
+	$(VENV_PY) bench/engine_ratelimit.py --redis $${REDIS_URL:-redis://127.0.0.1:6379/0}
 
 clean:
 	rm -rf $(VENV) $(SSLYZE_VENV) .pytest_cache staticfiles
