@@ -96,8 +96,11 @@ def _drain(reactor, factories, ports, timeout):
 def run_worker(*, http_port, addresses, load_document, current_revision, redis_url=None,
                poll_interval=2.0, reuse_port=True, drain_timeout=10.0, record_upstream_errors=None,
                access_log="off", https_port=None, tls_server=None, on_status=None,
-               on_traffic=None, traffic_interval=10.0, cache_dir=None):
+               on_traffic=None, traffic_interval=10.0, cache_dir=None, on_exit=None):
     """Run one reactor serving the engine until it is stopped (signals stop it).
+
+    `on_exit()` is called in a thread once the worker has drained (the manager deletes the
+    worker's status row, so a restarted engine's old worker does not count as live).
 
     `access_log` is a path, "-" (stdout) or "off" (`proxy_engine.accesslog.open_access_log`).
     `on_traffic(bucket_start, {host_id: (requests, errors)})` is called in a thread every
@@ -158,7 +161,8 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
         "before", "shutdown",
         lambda: _drain(reactor, factories, ports, drain_timeout).addCallback(lambda _: events.stop())
         .addCallback(lambda _: requests_log.stop() if requests_log is not None else None)
-        .addCallback(lambda _: traffic.stop() if traffic is not None else None))
+        .addCallback(lambda _: traffic.stop() if traffic is not None else None)
+        .addCallback(lambda _: _call_in_thread(reactor, on_exit) if on_exit is not None else None))
     stopping = []
 
     def stop_once():
@@ -178,7 +182,7 @@ def run_worker(*, http_port, addresses, load_document, current_revision, redis_u
 def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1,
         redis_url=None, poll_interval=2.0, https_port=None, drain_timeout=10.0, before_fork=None,
         record_upstream_errors=None, access_log="off", default_certificate=None, on_status=None,
-        on_traffic=None, traffic_interval=10.0, cache_dir=None):
+        on_traffic=None, traffic_interval=10.0, cache_dir=None, on_exit=None):
     """Serve the engine until SIGINT/SIGTERM, in this process or as N SO_REUSEPORT workers.
 
     `https_port` (None/0: no HTTPS); `default_certificate`: a PEM file with the certificate
@@ -195,7 +199,8 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
                   poll_interval=poll_interval, drain_timeout=drain_timeout,
                   record_upstream_errors=record_upstream_errors, access_log=access_log,
                   https_port=https_port, tls_server=tls_server, on_status=on_status,
-                  on_traffic=on_traffic, traffic_interval=traffic_interval, cache_dir=cache_dir)
+                  on_traffic=on_traffic, traffic_interval=traffic_interval, cache_dir=cache_dir,
+                  on_exit=on_exit)
     if workers <= 1:
         run_worker(reuse_port=False, **kwargs)
         return 0
@@ -205,6 +210,15 @@ def run(*, http_port, load_document, current_revision, bind="0.0.0.0", workers=1
     if before_fork is not None:
         before_fork()
     return supervise(workers, lambda: run_worker(reuse_port=True, **kwargs))
+
+
+def _call_in_thread(reactor, function):
+    """`function()` in the reactor's thread pool; a failure is logged, never raised."""
+    from twisted.internet import threads
+
+    d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), function)
+    d.addErrback(lambda failure: log.warning("exit hook failed: %s", failure.value))
+    return d
 
 
 def _h2_protocol_class():

@@ -65,3 +65,6 @@ def test_status_page_follows_the_engine_from_pending_to_applied_and_shows_its_er
     finally:
         proxy.stop()
         stop_upstream(upstream)
+    # A worker that stopped cleanly removed its status row: a restarted engine's old worker
+    # does not keep the pages "pending" until it counts as gone.
+    assert not EngineNode.objects.exists()

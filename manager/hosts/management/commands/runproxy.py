@@ -38,6 +38,14 @@ def report_status(revision, error, hosts=(), health=None):
     EngineNode.report(f"{socket.gethostname()}:{os.getpid()}", revision, error, hosts, health=health)
 
 
+def forget_worker():
+    """The engine's `on_exit` hook: a worker that stopped cleanly removes its status row (so
+    the dashboard does not wait for it to count as gone)."""
+    from manager.hosts.models import EngineNode
+
+    EngineNode.objects.filter(name=f"{socket.gethostname()}:{os.getpid()}").delete()
+
+
 def record_traffic(bucket_start, counts):
     """The engine's `on_traffic` hook (in a thread of the worker counting)."""
     from manager.hosts.models import HostTraffic
@@ -88,6 +96,7 @@ class Command(BaseCommand):
             on_traffic=in_worker_thread(record_traffic),
             traffic_interval=options["traffic_interval"],
             cache_dir=options["cache_dir"],
+            on_exit=in_worker_thread(forget_worker),
         )
         if return_code:
             raise SystemExit(return_code)
