@@ -164,6 +164,44 @@ class EngineProcess:
         return self.proc.stdout.read().decode(errors="replace")
 
 
+def write_doc(path, doc):
+    """Write a snapshot document as the manager does: whole, through a rename."""
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(doc, handle)
+    os.replace(tmp, path)
+
+
+def engine_process(doc_path, *extra, https_port=None):
+    """`python -m proxy_engine` on the document at doc_path, HTTP on a free port (and HTTPS on
+    https_port when given), bound to 127.0.0.1; `extra` arguments last."""
+    port = free_port()
+    https = ["--https-port", str(https_port)] if https_port is not None else []
+    return EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
+                          "--http-port", str(port), *https, "--bind", "127.0.0.1", *extra], port)
+
+
+def started_engines(directory, *args, ready=lambda response, body: response.status != 503, **probe):
+    """The body of a fixture (`yield from started_engines(tmp_path, ...)`): yields start(doc, *extra),
+    which writes doc to a file of its own in directory, starts engine_process on it (args, then
+    extra), keeps the file's path as `engine.doc_path` and waits until ready(response, body) holds
+    for a probe (probe: wait_for's host and path); after the test, stops every engine started."""
+    engines = []
+
+    def start(doc, *extra):
+        path = directory / f"snapshot{len(engines)}.json"
+        write_doc(path, doc)
+        engine = engine_process(path, *args, *extra)
+        engine.doc_path = path
+        engines.append(engine)
+        engine.wait_for(ready, **probe)
+        return engine
+
+    yield start
+    for engine in engines:
+        engine.stop()
+
+
 def runproxy(database_path, data_dir, redis_url="", poll_interval=None):
     """`manage.py runproxy` on a SQLite file, as `make run` starts it."""
     port = free_port()

@@ -4,10 +4,8 @@ HTTP and HTTPS (HTTP/2 through ALPN, driven with curl). Everything listens on 12
 import http.client
 import json
 import shutil
-import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port
+from tests.live import engine_process, free_port, stop_upstream, write_doc
 
 GOOD_COOKIE = "authelia_session=good"
 LOGIN = "https://login.example.test/"
@@ -126,18 +123,6 @@ def serve(handler, context=None):
     return server
 
 
-def stop(server):
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port():
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 NAMES = ("auth.example.test", "nogroups.example.test", "down.example.test", "slow.example.test",
          "error.example.test", "tls.example.test", "cors.example.test", "star.example.test",
          "presets.example.test", "plain.example.test", "both.example.test", "big.example.test")
@@ -174,7 +159,7 @@ class Edge:
             "proxy_hosts": [
                 host(1, "auth.example.test", up, forward_auth={"url": f"{auth}/api/verify?rd={LOGIN}", **verify}),
                 host(2, "nogroups.example.test", up, forward_auth={"url": f"{auth}/nogroups", **verify}),
-                host(3, "down.example.test", up, forward_auth={"url": f"http://127.0.0.1:{closed_port()}/v", **verify}),
+                host(3, "down.example.test", up, forward_auth={"url": f"http://127.0.0.1:{free_port()}/v", **verify}),
                 host(4, "slow.example.test", up, forward_auth={"url": f"{auth}/slow", **verify, "timeout": 0.5}),
                 host(5, "error.example.test", up, forward_auth={"url": f"{auth}/error", **verify}),
                 host(6, "tls.example.test", up, forward_auth={
@@ -192,17 +177,16 @@ class Edge:
                               "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(), "chain_pem": ""}],
         }
         write_doc(tmp / "snapshot.json", self.doc)
-        self.port, self.https_port = free_port(), free_port()
-        self.engine = EngineProcess(
-            [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-             str(self.port), "--https-port", str(self.https_port), "--bind", "127.0.0.1"], self.port)
+        self.https_port = free_port()
+        self.engine = engine_process(tmp / "snapshot.json", https_port=self.https_port)
+        self.port = self.engine.port
         self.engine.wait_for(lambda r, d: r.status != 503, host="plain.example.test")
         self.upstream.seen.clear()
 
     def close(self):
         output = self.engine.stop()
         for server in (self.upstream, self.auth, self.tls_auth):
-            stop(server)
+            stop_upstream(server)
         return output
 
     def reset(self):

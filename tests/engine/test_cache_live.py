@@ -3,7 +3,6 @@ real upstream that counts the requests it answers, on 127.0.0.1."""
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,8 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port
+from tests.live import engine_process, free_port, started_engines, write_doc
 
 HOST = "app.example.test"
 
@@ -110,22 +108,7 @@ def upstream():
 
 @pytest.fixture
 def engine_for(tmp_path):
-    engines = []
-
-    def start(doc, *extra):
-        path = tmp_path / "snapshot.json"
-        write_doc(path, doc)
-        port = free_port()
-        engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(path), "--http-port",
-                                str(port), "--bind", "127.0.0.1", "--poll-interval", "0.2", *extra], port)
-        engine.doc_path = path
-        engines.append(engine)
-        engine.wait_for(lambda r, d: r.status != 503, path="/cc/no-store")
-        return engine
-
-    yield start
-    for engine in engines:
-        engine.stop()
+    yield from started_engines(tmp_path, "--poll-interval", "0.2", path="/cc/no-store")
 
 
 def get(engine, path, headers=None):
@@ -249,10 +232,8 @@ def test_http2_hit(upstream, tmp_path):
            [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
              "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}])
     write_doc(tmp_path / "snapshot.json", cache_doc(upstream.server_address[1], ssl=ssl))
-    http_port, https_port = free_port(), free_port()
-    engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(tmp_path / "snapshot.json"),
-                            "--http-port", str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"],
-                           http_port)
+    https_port = free_port()
+    engine = engine_process(tmp_path / "snapshot.json", https_port=https_port)
     try:
         engine.wait_for(lambda r, d: r.status != 503, path="/cc/no-store")
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -26,8 +25,7 @@ from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_com
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import document
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port
+from tests.live import engine_process, free_port, write_doc
 
 ALL = ("gzip", "br", "zstd")
 
@@ -457,10 +455,8 @@ def live(tmp_path_factory):
                           "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
     }
     write_doc(tmp / "snapshot.json", doc)
-    http_port, https_port = free_port(), free_port()
-    engine = EngineProcess(
-        [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-         str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"], http_port)
+    https_port = free_port()
+    engine = engine_process(tmp / "snapshot.json", https_port=https_port)
     engine.wait_for(lambda r, d: r.status != 503)
     engine.tmp, engine.https_port, engine.upstream = tmp, https_port, upstream
     yield engine

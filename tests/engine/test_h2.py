@@ -4,7 +4,6 @@ the engine as a process answers curl --http2 over TLS (ALPN h2)."""
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import trustme
@@ -21,8 +20,7 @@ from twisted.python.failure import Failure
 from proxy_engine.h2protocol import STREAM_WINDOW, H2Protocol, request_from_headers, response_headers
 from proxy_engine.snapshot import parse_snapshot
 from tests.engine.support import Harness, document
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port, start_upstream, stop_upstream
+from tests.live import engine_process, free_port, start_upstream, stop_upstream, write_doc
 
 
 class ListLog:
@@ -472,10 +470,8 @@ def tls_engine(tmp_path_factory):
                           "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
     }
     write_doc(tmp / "snapshot.json", doc)
-    http_port, https_port = free_port(), free_port()
-    engine = EngineProcess(
-        [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-         str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"], http_port)
+    https_port = free_port()
+    engine = engine_process(tmp / "snapshot.json", https_port=https_port)
     engine.wait_for(lambda r, d: r.status != 503)
     yield tmp, https_port
     engine.stop()
