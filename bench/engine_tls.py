@@ -20,13 +20,12 @@ import datetime
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
+from common import HOST, ROOT, Rig, free_port, median_ratio, wait_port, wrk, wrk_run  # noqa: E402
 
 NGINX_TLS = """
 worker_processes 1;
@@ -77,22 +76,7 @@ def make_certificate(path):
 
 
 def wrk_tls(port, duration, connections, close=False):
-    import re
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}"]
-    if close:
-        command += ["-H", "Connection: close"]
-    out = subprocess.run(command + [f"https://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True,
-                         check=True).stdout
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise SystemExit(f"non-2xx answers on port {port}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
-def wrk_plain(port, duration, connections):
-    import re
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}",
-                          f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return wrk_run(port, duration, connections, headers=["Connection: close"] if close else (), scheme="https")[0]
 
 
 def main():
@@ -149,15 +133,13 @@ def main():
                     for name, port in systems.items():
                         results[name].append(wrk_tls(port, args.duration, args.connections, close))
                     if not close:
-                        results["engine-http"].append(wrk_plain(engine_http, args.duration, args.connections))
+                        results["engine-http"].append(wrk(engine_http, args.duration, args.connections))
                 print(f"{label}: wrk -t1 -c{args.connections} -d{args.duration}s https, 1 KiB, "
                       f"{args.rounds} rounds alternating")
                 for name, values in results.items():
                     print(f"  {name:11s} " + "  ".join(f"{v:,.0f}" for v in values))
                 for name in [n for n in results if n != "nginx"]:
-                    ratios = [e / n for e, n in zip(results[name], results["nginx"])]
-                    print(f"  median ratio {name}/nginx: {statistics.median(ratios):.2f} "
-                          f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+                    print("  " + median_ratio(f"{name}/nginx", results[name], results["nginx"]))
         finally:
             for proc in procs:
                 proc.terminate()
