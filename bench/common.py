@@ -22,19 +22,24 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "app.example.test"
 
-NGINX_CONF = """
+# The start of every nginx.conf here: one worker in the foreground, its files in {tmp} named
+# after {name} ("" for the rig's own nginx, "-tls" etc. for a script's), then the http block.
+NGINX_HEAD = """
 worker_processes 1;
 daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
+pid {tmp}/nginx{name}.pid;
+error_log {tmp}/error{name}.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
+"""
+KEEPALIVE = """  keepalive_requests 1000000;
   keepalive_timeout 300s;
-  server {{
+"""
+
+NGINX_CONF = NGINX_HEAD + KEEPALIVE + """  server {{
     listen 127.0.0.1:{upstream};
     location / {{ root {tmp}/www; }}
   }}
@@ -192,6 +197,14 @@ def median_ratio(label, values, bases, digits=2, round_digits=2):
             f"(per round: {', '.join(f'{r:.{round_digits}f}' for r in ratios)})")
 
 
+def start_nginx(tmp, name, conf):
+    """nginx in the foreground on the configuration text `conf`, written as {tmp}/nginx{name}.conf."""
+    path = f"{tmp}/nginx{name}.conf"
+    with open(path, "w") as handle:
+        handle.write(conf)
+    return subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", path, "-p", tmp])
+
+
 class Rig:
     def __init__(self, big_file=False, access_log="off"):
         for tool in ("nginx", "wrk"):
@@ -209,8 +222,6 @@ class Rig:
                     handle.write(chunk)
         self.upstream, self.nginx_port = free_port(), free_port()
         self.sink = upload_sink()
-        with open(f"{tmp}/nginx.conf", "w") as handle:
-            handle.write(NGINX_CONF.format(tmp=tmp, upstream=self.upstream, proxy=self.nginx_port, sink=self.sink))
         doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
                "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None,
                                 "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": self.upstream,
@@ -219,8 +230,8 @@ class Rig:
                                     {"scheme": "http", "host": "127.0.0.1", "port": self.sink, "weight": 1}]}]}]}
         with open(f"{tmp}/snapshot.json", "w") as handle:
             json.dump(doc, handle)
-        self.nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf",
-                                       "-p", tmp])
+        self.nginx = start_nginx(tmp, "", NGINX_CONF.format(tmp=tmp, name="", upstream=self.upstream,
+                                                            proxy=self.nginx_port, sink=self.sink))
         self.engines = []
         try:
             self.engine, self.engine_port = self.spawn_engine(access_log)

@@ -20,32 +20,18 @@ import argparse
 import gzip
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Rig, alternate, free_port, wait_port, wrk_run  # noqa: E402
+from common import KEEPALIVE, NGINX_HEAD, Rig, alternate, free_port, start_nginx, wait_port, wrk_run  # noqa: E402
 
 from proxy_engine.compress import LEVELS, encoder  # noqa: E402
 
-NGINX_GZIP = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-gzip.pid;
-error_log {tmp}/error-gzip.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+NGINX_GZIP = NGINX_HEAD + KEEPALIVE + """  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
     gzip on; gzip_comp_level 5; gzip_min_length 1024; gzip_proxied any; gzip_vary on;
@@ -156,10 +142,8 @@ def main():
         assert fetch(port, "plain.example.test", "/page.txt", "gzip") == (None, body)
 
         gzip_port = free_port()
-        with open(f"{rig.tmp}/nginx-gzip.conf", "w") as handle:
-            handle.write(NGINX_GZIP.format(tmp=rig.tmp, upstream=rig.upstream, port=gzip_port))
-        nginx_gzip = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c",
-                                       f"{rig.tmp}/nginx-gzip.conf", "-p", rig.tmp])
+        nginx_gzip = start_nginx(rig.tmp, "-gzip", NGINX_GZIP.format(tmp=rig.tmp, name="-gzip", upstream=rig.upstream,
+                                                                     port=gzip_port))
         try:
             wait_port(gzip_port)
             encoding, data = fetch(gzip_port, "app.example.test", "/page.txt", "gzip")

@@ -19,27 +19,15 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, ROOT, Rig, free_port, median_ratio, wait_port, wrk, wrk_run  # noqa: E402
+from common import (HOST, KEEPALIVE, NGINX_HEAD, ROOT, Rig, free_port, median_ratio, start_nginx, wait_port,  # noqa: E402
+                    wrk, wrk_run)
 
-NGINX_TLS = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-tls.pid;
-error_log {tmp}/error-tls.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+NGINX_TLS = NGINX_HEAD + KEEPALIVE + """  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port} ssl;
     ssl_certificate {tmp}/tls.pem; ssl_certificate_key {tmp}/tls.pem;
@@ -92,8 +80,6 @@ def main():
         tmp = rig.tmp
         cert_pem, key_pem = make_certificate(f"{tmp}/tls.pem")
         nginx_port, engine_port, engine_http = free_port(), free_port(), free_port()
-        with open(f"{tmp}/nginx-tls.conf", "w") as handle:
-            handle.write(NGINX_TLS.format(tmp=tmp, upstream=rig.upstream, port=nginx_port))
         doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
                "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None,
                                 "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": rig.upstream,
@@ -105,7 +91,7 @@ def main():
         with open(f"{tmp}/tls-snapshot.json", "w") as handle:
             json.dump(doc, handle)
         procs = [
-            subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx-tls.conf", "-p", tmp]),
+            start_nginx(tmp, "-tls", NGINX_TLS.format(tmp=tmp, name="-tls", upstream=rig.upstream, port=nginx_port)),
             subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", f"{tmp}/tls-snapshot.json",
                               "--http-port", str(engine_http), "--https-port", str(engine_port),
                               "--default-certificate", f"{tmp}/tls.pem", "--log-level", "ERROR"], cwd=ROOT),
