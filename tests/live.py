@@ -164,6 +164,18 @@ class EngineProcess:
         return self.proc.stdout.read().decode(errors="replace")
 
 
+def issue_certificate(directory, name, *domains, ca=None):
+    """The snapshot's certificate entry `name` for a leaf issued for `domains` by a trustme CA
+    (`ca`, or a new one) whose certificate is written to directory/ca.pem (curl --cacert)."""
+    import trustme
+
+    ca = ca or trustme.CA()
+    leaf = ca.issue_cert(*domains)
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    return {"name": name, "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
+            "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}
+
+
 def write_doc(path, doc):
     """Write a snapshot document as the manager does: whole, through a rename."""
     tmp = str(path) + ".tmp"

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
-from tests.live import engine_process, free_port, stop_upstream, write_doc
+from tests.live import engine_process, free_port, issue_certificate, stop_upstream, write_doc
 
 GOOD_COOKIE = "authelia_session=good"
 LOGIN = "https://login.example.test/"
@@ -141,8 +141,7 @@ class Edge:
     def __init__(self, tmp):
         self.tmp = tmp
         self.ca = trustme.CA()
-        leaf = self.ca.issue_cert(*NAMES)
-        self.ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+        certificate = issue_certificate(tmp, "edge", *NAMES, ca=self.ca)
         self.upstream = serve(UpstreamHandler)
         self.auth = serve(AuthHandler)
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -173,8 +172,7 @@ class Edge:
                 host(12, "big.example.test", up, forward_auth={"url": f"{auth}/big", **verify}),
             ],
             "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
-            "certificates": [{"name": "edge", "domains": [], "key_pem": leaf.private_key_pem.bytes().decode(),
-                              "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(), "chain_pem": ""}],
+            "certificates": [certificate],
         }
         write_doc(tmp / "snapshot.json", self.doc)
         self.https_port = free_port()

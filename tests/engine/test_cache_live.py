@@ -8,9 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import trustme
 
-from tests.live import engine_process, free_port, started_engines, write_doc
+from tests.live import engine_process, free_port, issue_certificate, started_engines, write_doc
 
 HOST = "app.example.test"
 
@@ -225,12 +224,8 @@ def test_http2_hit(upstream, tmp_path):
     if not shutil.which("curl") or "HTTP2" not in subprocess.run(
             ["curl", "--version"], capture_output=True, text=True).stdout:
         pytest.skip("curl with HTTP/2 is not installed")
-    ca = trustme.CA()
-    leaf = ca.issue_cert(HOST)
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     ssl = ({"certificate": "app", "force_https": False, "http2": True, "hsts": True, "hsts_subdomains": False},
-           [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-             "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}])
+           [issue_certificate(tmp_path, "app", HOST)])
     write_doc(tmp_path / "snapshot.json", cache_doc(upstream.server_address[1], ssl=ssl))
     https_port = free_port()
     engine = engine_process(tmp_path / "snapshot.json", https_port=https_port)

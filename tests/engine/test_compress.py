@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import brotli
 import pytest
-import trustme
 import zstandard
 
 from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_compression, choose, compressible,
@@ -25,7 +24,7 @@ from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_com
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import document
-from tests.live import engine_process, free_port, write_doc
+from tests.live import engine_process, free_port, issue_certificate, write_doc
 
 ALL = ("gzip", "br", "zstd")
 
@@ -429,9 +428,6 @@ class ContentUpstream(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compress")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("app.example.test")
-    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), ContentUpstream)
     upstream.daemon_threads = True
     upstream.gate = threading.Semaphore(0)
@@ -451,8 +447,7 @@ def live(tmp_path_factory):
             "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": upstream.server_address[1], "weight": 1}],
         }],
         "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
-        "certificates": [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-                          "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
+        "certificates": [issue_certificate(tmp, "app", "app.example.test")],
     }
     write_doc(tmp / "snapshot.json", doc)
     https_port = free_port()

@@ -19,7 +19,8 @@ from proxy_engine.reload import ConfigWatcher
 from proxy_engine.snapshot import parse_snapshot
 from proxy_engine.upstream import UpstreamPool
 from tests.engine.support import document
-from tests.live import engine_process, free_port, start_upstream, started_engines, stop_upstream, write_doc
+from tests.live import (engine_process, free_port, issue_certificate, start_upstream, started_engines, stop_upstream,
+                        write_doc)
 
 
 def checked_doc(revision=1, n=2, check=None, passive=None, host_id=1):
@@ -419,12 +420,8 @@ def h2_get(port, ca_path, path="/", n=1, headers=()):
 
 
 def test_engine_http2_balances_retries_skips_down_and_pins_sticky(backends, tmp_path):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("app.example.test")
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    tls = {"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-           "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}
+    pytest.importorskip("trustme")
+    tls = issue_certificate(tmp_path, "app", "app.example.test")
     b = backends("a", "b", "c")
     dead = free_port()
     ports = [b.ports["a"], b.ports["b"], dead, b.ports["c"]]

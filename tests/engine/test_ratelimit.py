@@ -22,7 +22,7 @@ from proxy_engine.snapshot import RateLimitConfig, SnapshotError, parse_snapshot
 from tests.engine.edge_live import Edge
 from tests.engine.support import Harness, document
 from tests.engine.test_h2 import H2Client
-from tests.live import RedisServer, Upstream, engine_process, free_port, started_engines, write_doc
+from tests.live import RedisServer, Upstream, engine_process, free_port, issue_certificate, started_engines, write_doc
 
 SECOND = 1_000_000
 
@@ -460,14 +460,9 @@ class TlsEngine:
     h2 = Edge.h2
 
     def __init__(self, tmp, doc, *extra):
-        import trustme
         self.tmp = tmp
-        ca = trustme.CA()
-        leaf = ca.issue_cert("app.example.test")
-        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
         doc["proxy_hosts"][0]["ssl"] = {"certificate": "t", "force_https": False, "http2": True, "hsts": False}
-        doc["certificates"] = [{"name": "t", "domains": [], "key_pem": leaf.private_key_pem.bytes().decode(),
-                                "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(), "chain_pem": ""}]
+        doc["certificates"] = [issue_certificate(tmp, "t", "app.example.test")]
         write_doc(tmp / "snapshot.json", doc)
         self.https_port = free_port()
         self.engine = engine_process(tmp / "snapshot.json", *extra, https_port=self.https_port)
