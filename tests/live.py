@@ -17,6 +17,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def read_body(handler):
+    """The body of the request a BaseHTTPRequestHandler is serving: chunked, or by
+    Content-Length (none: empty)."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        data = b""
+        while True:
+            size = int(handler.rfile.readline().strip(), 16)
+            if size == 0:
+                handler.rfile.readline()
+                return data
+            data += handler.rfile.read(size)
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length", 0) or 0))
+
+
 class Upstream(BaseHTTPRequestHandler):
     """Answers with JSON naming the server, the path and the headers it received."""
 
@@ -51,17 +66,7 @@ class Upstream(BaseHTTPRequestHandler):
         self._send(200, body)
 
     def do_POST(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    break
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        else:
-            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        data = read_body(self)
         self._send(200, json.dumps({"length": len(data), "sha": hashlib.sha256(data).hexdigest()}).encode())
 
 

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
-from tests.live import engine_process, free_port, issue_certificate, stop_upstream, write_doc
+from tests.live import engine_process, free_port, issue_certificate, read_body, stop_upstream, write_doc
 
 GOOD_COOKIE = "authelia_session=good"
 LOGIN = "https://login.example.test/"
@@ -27,20 +27,8 @@ class Recorder(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-
     def _record(self):
-        body = self._read_body()
+        body = read_body(self)
         entry = {"method": self.command, "path": self.path, "body": body, "port": self.client_address[1],
                  "headers": {k.lower(): v for k, v in self.headers.items()},
                  "all": [(k.lower(), v) for k, v in self.headers.items()]}
