@@ -368,18 +368,13 @@ def _settings(r, value, at):
     if site is not None:
         action = r.field(site, "action", where, default_site_action)
         result["default_site_action"] = action or "welcome"
-        if action == "redirect":
-            if site.get("to") is None:
-                r.error(_key(where, "to"), "required when action is redirect")
-            result["default_site_to"] = r.field(site, "to", where, url, "")
-        elif site.get("to") is not None:
-            r.error(_key(where, "to"), "only allowed when action is redirect")
-        if action == "html":
-            if site.get("body") is None:
-                r.error(_key(where, "body"), "required when action is html")
-            result["default_site_body"] = r.field(site, "body", where, text, "")
-        elif site.get("body") is not None:
-            r.error(_key(where, "body"), "only allowed when action is html")
+        for needed_by, key, parse in (("redirect", "to", url), ("html", "body", text)):
+            if action == needed_by:
+                if site.get(key) is None:
+                    r.error(_key(where, key), f"required when action is {needed_by}")
+                result[f"default_site_{key}"] = r.field(site, key, where, parse, "")
+            elif site.get(key) is not None:
+                r.error(_key(where, key), f"only allowed when action is {needed_by}")
     acme, where = r.section(m, "acme", at, ("email", "directory", "ca_bundle"))
     if acme is not None:
         result["acme_email"] = r.field(acme, "email", where, email, "")
