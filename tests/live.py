@@ -189,13 +189,16 @@ def write_doc(path, doc):
     os.replace(tmp, path)
 
 
-def engine_process(doc_path, *extra, https_port=None):
-    """`python -m proxy_engine` on the document at doc_path, HTTP on a free port (and HTTPS on
-    https_port when given), bound to 127.0.0.1; `extra` arguments last."""
+def engine_process(doc_path, *extra, https=False):
+    """`python -m proxy_engine` on the document at doc_path, HTTP on a free port (`.port`) and,
+    with `https`, HTTPS on another (`.https_port`), bound to 127.0.0.1; `extra` arguments last."""
     port = free_port()
-    https = ["--https-port", str(https_port)] if https_port is not None else []
-    return EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
-                          "--http-port", str(port), *https, "--bind", "127.0.0.1", *extra], port)
+    https_port = free_port() if https else None
+    tls = ["--https-port", str(https_port)] if https else []
+    engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
+                            "--http-port", str(port), *tls, "--bind", "127.0.0.1", *extra], port)
+    engine.https_port = https_port
+    return engine
 
 
 def started_engines(directory, *args, ready=lambda response, body: response.status != 503, **probe):

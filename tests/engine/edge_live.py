@@ -163,9 +163,8 @@ class Edge:
             "certificates": [certificate],
         }
         write_doc(tmp / "snapshot.json", self.doc)
-        self.https_port = free_port()
-        self.engine = engine_process(tmp / "snapshot.json", https_port=self.https_port)
-        self.port = self.engine.port
+        self.engine = engine_process(tmp / "snapshot.json", https=True)
+        self.port, self.https_port = self.engine.port, self.engine.https_port
         self.engine.wait_for(lambda r, d: r.status != 503, host="plain.example.test")
         self.upstream.seen.clear()
 

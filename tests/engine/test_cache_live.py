@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.live import engine_process, free_port, issue_certificate, started_engines, write_doc
+from tests.live import engine_process, issue_certificate, started_engines, write_doc
 
 HOST = "app.example.test"
 
@@ -227,8 +227,8 @@ def test_http2_hit(upstream, tmp_path):
     ssl = ({"certificate": "app", "force_https": False, "http2": True, "hsts": True, "hsts_subdomains": False},
            [issue_certificate(tmp_path, "app", HOST)])
     write_doc(tmp_path / "snapshot.json", cache_doc(upstream.server_address[1], ssl=ssl))
-    https_port = free_port()
-    engine = engine_process(tmp_path / "snapshot.json", https_port=https_port)
+    engine = engine_process(tmp_path / "snapshot.json", https=True)
+    https_port = engine.https_port
     try:
         engine.wait_for(lambda r, d: r.status != 503, path="/cc/no-store")
 

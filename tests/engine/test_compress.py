@@ -24,7 +24,7 @@ from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_com
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import document
-from tests.live import engine_process, free_port, issue_certificate, write_doc
+from tests.live import engine_process, issue_certificate, write_doc
 
 ALL = ("gzip", "br", "zstd")
 
@@ -450,10 +450,9 @@ def live(tmp_path_factory):
         "certificates": [issue_certificate(tmp, "app", "app.example.test")],
     }
     write_doc(tmp / "snapshot.json", doc)
-    https_port = free_port()
-    engine = engine_process(tmp / "snapshot.json", https_port=https_port)
+    engine = engine_process(tmp / "snapshot.json", https=True)
     engine.wait_for(lambda r, d: r.status != 503)
-    engine.tmp, engine.https_port, engine.upstream = tmp, https_port, upstream
+    engine.tmp, engine.upstream = tmp, upstream
     yield engine
     engine.stop()
     upstream.shutdown()

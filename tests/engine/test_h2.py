@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from proxy_engine.h2protocol import STREAM_WINDOW, H2Protocol, request_from_headers, response_headers
 from proxy_engine.snapshot import parse_snapshot
 from tests.engine.support import Harness, document
-from tests.live import engine_process, free_port, issue_certificate, start_upstream, stop_upstream, write_doc
+from tests.live import engine_process, issue_certificate, start_upstream, stop_upstream, write_doc
 
 
 class ListLog:
@@ -465,10 +465,9 @@ def tls_engine(tmp_path_factory):
         "certificates": [issue_certificate(tmp, "app", "app.example.test")],
     }
     write_doc(tmp / "snapshot.json", doc)
-    https_port = free_port()
-    engine = engine_process(tmp / "snapshot.json", https_port=https_port)
+    engine = engine_process(tmp / "snapshot.json", https=True)
     engine.wait_for(lambda r, d: r.status != 503)
-    yield tmp, https_port
+    yield tmp, engine.https_port
     engine.stop()
     stop_upstream(upstream)
 

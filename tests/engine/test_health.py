@@ -427,8 +427,8 @@ def test_engine_http2_balances_retries_skips_down_and_pins_sticky(backends, tmp_
     ports = [b.ports["a"], b.ports["b"], dead, b.ports["c"]]
     doc = engine_doc(1, ports, tls=tls, policy="random")          # no checks: the dead one is only retried
     write_doc(tmp_path / "snapshot.json", doc)
-    https_port = free_port()
-    proc = engine_process(tmp_path / "snapshot.json", "--poll-interval", "0.2", https_port=https_port)
+    proc = engine_process(tmp_path / "snapshot.json", "--poll-interval", "0.2", https=True)
+    https_port = proc.https_port
     try:
         proc.wait_for(lambda r, d: r.status != 503)
         answers = h2_get(https_port, tmp_path / "ca.pem", n=24)    # the dead one is retried elsewhere

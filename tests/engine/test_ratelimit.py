@@ -22,7 +22,7 @@ from proxy_engine.snapshot import RateLimitConfig, SnapshotError, parse_snapshot
 from tests.engine.edge_live import Edge
 from tests.engine.support import Harness, document
 from tests.engine.test_h2 import H2Client
-from tests.live import RedisServer, Upstream, engine_process, free_port, issue_certificate, started_engines, write_doc
+from tests.live import RedisServer, Upstream, engine_process, issue_certificate, started_engines, write_doc
 
 SECOND = 1_000_000
 
@@ -464,9 +464,8 @@ class TlsEngine:
         doc["proxy_hosts"][0]["ssl"] = {"certificate": "t", "force_https": False, "http2": True, "hsts": False}
         doc["certificates"] = [issue_certificate(tmp, "t", "app.example.test")]
         write_doc(tmp / "snapshot.json", doc)
-        self.https_port = free_port()
-        self.engine = engine_process(tmp / "snapshot.json", *extra, https_port=self.https_port)
-        self.port = self.engine.port
+        self.engine = engine_process(tmp / "snapshot.json", *extra, https=True)
+        self.port, self.https_port = self.engine.port, self.engine.https_port
         self.engine.wait_for(lambda r, d: r.status == 404, host="probe.example.test")
 
 

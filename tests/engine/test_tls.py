@@ -25,7 +25,7 @@ from proxy_engine.errors import TlsHandshakeFailed
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import Harness, document
-from tests.live import Upstream, engine_process, free_port, start_upstream, stop_upstream, write_doc
+from tests.live import Upstream, engine_process, start_upstream, stop_upstream, write_doc
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 LIFE = dict(not_before=NOW - datetime.timedelta(days=1), not_after=NOW + datetime.timedelta(days=90))
@@ -209,8 +209,8 @@ class Rig:
         self.doc_path = tmp / "snapshot.json"
         self.revision = 1
         write_doc(self.doc_path, self.doc())
-        self.https_port = free_port()
-        self.engine = engine_process(self.doc_path, "--poll-interval", "0.1", https_port=self.https_port)
+        self.engine = engine_process(self.doc_path, "--poll-interval", "0.1", https=True)
+        self.https_port = self.engine.https_port
         self.engine.wait_for(lambda r, d: r.status != 503)
 
     def doc(self, fallback="self_signed", later=False, broken=False):
