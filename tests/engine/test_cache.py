@@ -255,6 +255,13 @@ def answer_upstream(hs, reply, index=-1):
     return sent
 
 
+def stored_then_aged(hs, headers, seconds):
+    """GET /page answered by the upstream with these headers (and stored), then `seconds` pass."""
+    ask(hs, get())
+    answer_upstream(hs, response(headers=headers))
+    hs.reactor.advance(seconds)
+
+
 def refuse_connection(hs):
     """The latest connection attempt to an upstream is refused."""
     _, _, attempt, _, _ = hs.reactor.tcpClients[-1]
@@ -332,9 +339,7 @@ def test_http1_stale_entry_revalidated_with_304():
 
 def test_http1_stale_entry_replaced_by_a_new_200():
     hs = harness()
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b'Cache-Control: max-age=10\r\nETag: "v1"\r\n'))
-    hs.reactor.advance(11)
+    stored_then_aged(hs, b'Cache-Control: max-age=10\r\nETag: "v1"\r\n', 11)
     _, client = ask(hs, get())
     answer_upstream(hs, response(b"new!", b'Cache-Control: max-age=10\r\nETag: "v2"\r\n'))
     assert header(client.value(), b"X-Cache-Status") == b"EXPIRED" and client.value().endswith(b"new!")
@@ -426,9 +431,7 @@ def test_http1_lock_timeout_releases_followers():
 
 def test_http1_stale_if_error_on_connect_failure_and_on_503_but_not_beyond_the_window():
     hs = harness(snapshot_doc(stale=30.0))
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b"Cache-Control: max-age=10\r\n"))
-    hs.reactor.advance(20)
+    stored_then_aged(hs, b"Cache-Control: max-age=10\r\n", 20)
     _, client = ask(hs, get())
     refuse_connection(hs)
     raw = client.value()
@@ -444,9 +447,7 @@ def test_http1_stale_if_error_on_connect_failure_and_on_503_but_not_beyond_the_w
 
 def test_http1_no_stale_without_stale_if_error():
     hs = harness()
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b"Cache-Control: max-age=10\r\n"))
-    hs.reactor.advance(20)
+    stored_then_aged(hs, b"Cache-Control: max-age=10\r\n", 20)
     _, client = ask(hs, get())
     refuse_connection(hs)
     assert status_of(client.value()) == b"HTTP/1.1 502 Bad Gateway"
@@ -588,9 +589,7 @@ def test_http1_websocket_upgrade_on_a_cached_host_is_relayed_untouched():
 
 def test_http1_a_follower_behind_an_unstorable_revalidation_sends_only_its_own_headers():
     hs = harness()
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b'Cache-Control: max-age=10\r\nETag: "v1"\r\n'))
-    hs.reactor.advance(11)
+    stored_then_aged(hs, b'Cache-Control: max-age=10\r\nETag: "v1"\r\n', 11)
     _, leader = ask(hs, get())
     _, follower = ask(hs, get(extra=b"Cache-Control: no-store\r\n"))    # not eligible: straight upstream
     _, waiting = ask(hs, get())
