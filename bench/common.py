@@ -9,8 +9,10 @@ answers a `return 204` before the body has arrived, which cuts a proxied upload 
 """
 import json
 import os
+import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,19 +22,24 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "app.example.test"
 
-NGINX_CONF = """
+# The start of every nginx.conf here: one worker in the foreground, its files in {tmp} named
+# after {name} ("" for the rig's own nginx, "-tls" etc. for a script's), then the http block.
+NGINX_HEAD = """
 worker_processes 1;
 daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
+pid {tmp}/nginx{name}.pid;
+error_log {tmp}/error{name}.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
+"""
+KEEPALIVE = """  keepalive_requests 1000000;
   keepalive_timeout 300s;
-  server {{
+"""
+
+NGINX_CONF = NGINX_HEAD + KEEPALIVE + """  server {{
     listen 127.0.0.1:{upstream};
     location / {{ root {tmp}/www; }}
   }}
@@ -129,6 +136,75 @@ def nginx_worker_pid(master_pid):
         return int(handle.read().split()[0])
 
 
+def tree_cpu(pid):
+    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
+    total = 0.0
+    stack = [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{current}/task/{current}/children") as handle:
+                stack += [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def wrk_run(port, duration, connections, path="/1k.bin", host=HOST, headers=(), scheme="http", pid=None,
+            hint=""):
+    """`wrk -t1 -cN -dDs` against 127.0.0.1:port (extra request headers: "Name: value" strings);
+    any non-2xx/3xx answer stops the benchmark (`hint` says what it may mean). Returns
+    (requests/s, CPU microseconds per request of `pid`'s process tree, or None without pid)."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {host}"]
+    for header in headers:
+        command += ["-H", header]
+    before = tree_cpu(pid) if pid else 0.0
+    out = subprocess.run(command + [f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                         check=True).stdout
+    used = tree_cpu(pid) - before if pid else None
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise SystemExit(f"non-2xx answers on port {port}{hint}:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return rate, (used * 1e6 / requests if used is not None and requests else None)
+
+
+def wrk(port, duration, connections, path="/1k.bin"):
+    """Requests/s of `wrk_run` for GET `path` with the rig's Host."""
+    return wrk_run(port, duration, connections, path)[0]
+
+
+def alternate(systems, rounds, measure, warm_up):
+    """warm_up(target) once for each of `systems` ({name: target}), then `rounds` rounds of
+    measure(target) for each in turn. Returns {name: [result of each round]}."""
+    for target in systems.values():
+        warm_up(target)
+    results = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name, target in systems.items():
+            results[name].append(measure(target))
+    return results
+
+
+def median_ratio(label, values, bases, digits=2, round_digits=2):
+    """"median ratio LABEL: M (per round: r1, r2, ...)" for the per-round ratios values/bases."""
+    ratios = [v / b for v, b in zip(values, bases)]
+    return (f"median ratio {label}: {statistics.median(ratios):.{digits}f} "
+            f"(per round: {', '.join(f'{r:.{round_digits}f}' for r in ratios)})")
+
+
+def start_nginx(tmp, name, conf):
+    """nginx in the foreground on the configuration text `conf`, written as {tmp}/nginx{name}.conf."""
+    path = f"{tmp}/nginx{name}.conf"
+    with open(path, "w") as handle:
+        handle.write(conf)
+    return subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", path, "-p", tmp])
+
+
 class Rig:
     def __init__(self, big_file=False, access_log="off"):
         for tool in ("nginx", "wrk"):
@@ -146,8 +222,6 @@ class Rig:
                     handle.write(chunk)
         self.upstream, self.nginx_port = free_port(), free_port()
         self.sink = upload_sink()
-        with open(f"{tmp}/nginx.conf", "w") as handle:
-            handle.write(NGINX_CONF.format(tmp=tmp, upstream=self.upstream, proxy=self.nginx_port, sink=self.sink))
         doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
                "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None,
                                 "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": self.upstream,
@@ -156,8 +230,8 @@ class Rig:
                                     {"scheme": "http", "host": "127.0.0.1", "port": self.sink, "weight": 1}]}]}]}
         with open(f"{tmp}/snapshot.json", "w") as handle:
             json.dump(doc, handle)
-        self.nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf",
-                                       "-p", tmp])
+        self.nginx = start_nginx(tmp, "", NGINX_CONF.format(tmp=tmp, name="", upstream=self.upstream,
+                                                            proxy=self.nginx_port, sink=self.sink))
         self.engines = []
         try:
             self.engine, self.engine_port = self.spawn_engine(access_log)
@@ -169,16 +243,34 @@ class Rig:
         time.sleep(0.3)
 
     def spawn_engine(self, access_log="off"):
-        """Start an engine process (one worker); `access_log` is "off", "-" or a file name in
-        the temporary directory. Returns (process, port)."""
-        port = free_port()
+        """Start an engine process (one worker) on the rig's document; `access_log` is "off", "-"
+        or a file name in the temporary directory. Returns (process, port)."""
         log = access_log if access_log in ("off", "-") else os.path.join(self.tmp, access_log)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy_engine", "--document-file", f"{self.tmp}/snapshot.json",
-             "--http-port", str(port), "--log-level", "ERROR", "--access-log", log], cwd=ROOT)
+        proc, port = self.start_engine(f"{self.tmp}/snapshot.json", "--access-log", log)
+        time.sleep(0.3)
+        return proc, port
+
+    def document(self):
+        """The rig's snapshot document (a fresh copy to change)."""
+        with open(f"{self.tmp}/snapshot.json") as handle:
+            return json.load(handle)
+
+    def engine_for(self, name, doc, *extra, cwd=ROOT):
+        """An engine process (one worker) serving `doc`, written as NAME.json in the temporary
+        directory, run from `cwd` (the tree whose proxy_engine runs). Returns (process, port)."""
+        path = os.path.join(self.tmp, f"{name}.json")
+        with open(path, "w") as handle:
+            json.dump(doc, handle)
+        return self.start_engine(path, *extra, cwd=cwd)
+
+    def start_engine(self, document_file, *extra, cwd=ROOT):
+        """`python -m proxy_engine` on `document_file` and a free port, stopped by close();
+        returns (process, port) once the port is open."""
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", document_file,
+                                 "--http-port", str(port), "--log-level", "ERROR", *extra], cwd=cwd)
         self.engines.append(proc)
         wait_port(port)
-        time.sleep(0.3)
         return proc, port
 
     def restart_engine(self):

@@ -10,32 +10,19 @@ runs against nginx, the engine without cache and the engine with cache in turn, 
 times; the medians of the per-round ratios against nginx are printed.
 """
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
-from engine_wrk import wrk  # noqa: E402
+from common import HOST, Rig, alternate, median_ratio, wrk  # noqa: E402
 
 
 def spawn_cached_engine(rig):
-    with open(f"{rig.tmp}/snapshot.json") as handle:
-        doc = json.load(handle)
+    doc = rig.document()
     doc["proxy_hosts"][0]["cache"] = {"enabled": True, "default_ttl": 600.0, "stale_if_error": 0.0}
     doc["settings"]["cache"] = {"memory_bytes": 64 << 20, "disk_bytes": 0}
-    path = f"{rig.tmp}/snapshot-cache.json"
-    with open(path, "w") as handle:
-        json.dump(doc, handle)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", path, "--http-port", str(port),
-                             "--log-level", "ERROR"], cwd=ROOT)
-    rig.engines.append(proc)
-    wait_port(port)
-    return port
+    return rig.engine_for("snapshot-cache", doc)[1]
 
 
 def cache_status(port):
@@ -67,20 +54,14 @@ def main():
             raise SystemExit(f"the cached engine answers {first!r} then {second!r}, not HIT")
         systems = {"nginx (no cache)": rig.nginx_port, "engine (no cache)": rig.engine_port,
                    "engine cache HIT": cached}
-        for port in systems.values():
-            wrk(port, 1, args.connections)                  # warm up
-        results = {name: [] for name in systems}
-        for _ in range(args.rounds):
-            for name, port in systems.items():
-                results[name].append(wrk(port, args.duration, args.connections))
+        results = alternate(systems, args.rounds, lambda port: wrk(port, args.duration, args.connections),
+                            warm_up=lambda port: wrk(port, 1, args.connections))
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s, 1 KiB, {args.rounds} rounds alternating")
         for name, values in results.items():
             print(f"{name:18s} " + "  ".join(f"{v:,.0f}" for v in values) + " req/s")
         base = results["nginx (no cache)"]
         for name in list(results)[1:]:
-            ratios = [e / n for e, n in zip(results[name], base)]
-            print(f"median ratio {name} / nginx (no cache): {statistics.median(ratios):.2f} "
-                  f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+            print(median_ratio(f"{name} / nginx (no cache)", results[name], base))
 
 
 if __name__ == "__main__":

@@ -20,33 +20,18 @@ import argparse
 import gzip
 import json
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Rig, free_port, wait_port  # noqa: E402
+from common import KEEPALIVE, NGINX_HEAD, Rig, alternate, free_port, start_nginx, wait_port, wrk_run  # noqa: E402
 
 from proxy_engine.compress import LEVELS, encoder  # noqa: E402
 
-NGINX_GZIP = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-gzip.pid;
-error_log {tmp}/error-gzip.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+NGINX_GZIP = NGINX_HEAD + KEEPALIVE + """  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
     gzip on; gzip_comp_level 5; gzip_min_length 1024; gzip_proxied any; gzip_vary on;
@@ -103,38 +88,10 @@ def encoder_table(body, seconds=1.0):
     return rows
 
 
-def tree_cpu(pid):
-    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
-    total = 0.0
-    stack = [pid]
-    tick = os.sysconf("SC_CLK_TCK")
-    while stack:
-        current = stack.pop()
-        try:
-            with open(f"/proc/{current}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            with open(f"/proc/{current}/task/{current}/children") as handle:
-                stack += [int(child) for child in handle.read().split()]
-        except (OSError, ValueError):
-            pass
-    return total
-
-
 def wrk(port, host, duration, connections, path, accept=None, pid=None):
     """(requests/s, CPU microseconds per request of `pid`'s process tree or None)."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {host}"]
-    if accept:
-        command += ["-H", f"Accept-Encoding: {accept}"]
-    before = tree_cpu(pid) if pid else 0.0
-    out = subprocess.run(command + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                         check=True).stdout
-    used = tree_cpu(pid) - before if pid else None
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise SystemExit(f"non-2xx answers on port {port}:\n{out}")
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return rate, (used * 1e6 / requests if used is not None and requests else None)
+    return wrk_run(port, duration, connections, path, host=host,
+                   headers=[f"Accept-Encoding: {accept}"] if accept else (), pid=pid)
 
 
 def fetch(port, host, path, accept=None):
@@ -185,10 +142,8 @@ def main():
         assert fetch(port, "plain.example.test", "/page.txt", "gzip") == (None, body)
 
         gzip_port = free_port()
-        with open(f"{rig.tmp}/nginx-gzip.conf", "w") as handle:
-            handle.write(NGINX_GZIP.format(tmp=rig.tmp, upstream=rig.upstream, port=gzip_port))
-        nginx_gzip = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c",
-                                       f"{rig.tmp}/nginx-gzip.conf", "-p", rig.tmp])
+        nginx_gzip = start_nginx(rig.tmp, "-gzip", NGINX_GZIP.format(tmp=rig.tmp, name="-gzip", upstream=rig.upstream,
+                                                                     port=gzip_port))
         try:
             wait_port(gzip_port)
             encoding, data = fetch(gzip_port, "app.example.test", "/page.txt", "gzip")
@@ -203,12 +158,10 @@ def main():
                 "nginx proxy, no Accept-Encoding": (gzip_port, "app.example.test", None, nginx_pid),
                 "nginx proxy gzip 5": (gzip_port, "app.example.test", "gzip", nginx_pid),
             }
-            for p, host, accept, _ in systems.values():
-                wrk(p, host, 1, args.connections, "/page.txt", accept)       # warm up
-            results = {name: [] for name in systems}
-            for _ in range(args.rounds):
-                for name, (p, host, accept, pid) in systems.items():
-                    results[name].append(wrk(p, host, args.duration, args.connections, "/page.txt", accept, pid))
+            results = alternate(      # s: (port, host, accept, pid)
+                systems, args.rounds,
+                lambda s: wrk(s[0], s[1], args.duration, args.connections, "/page.txt", s[2], s[3]),
+                warm_up=lambda s: wrk(s[0], s[1], 1, args.connections, "/page.txt", s[2]))
         finally:
             nginx_gzip.terminate()
             nginx_gzip.wait()

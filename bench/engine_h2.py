@@ -17,19 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
+from bench.common import HOST, NGINX_HEAD, ROOT, Rig, free_port, start_nginx, wait_port  # noqa: E402
 
-NGINX_H2 = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-h2.pid;
-error_log {tmp}/error-h2.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+NGINX_H2 = NGINX_HEAD + """  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port} http2;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
@@ -83,10 +73,8 @@ def main():
         raise SystemExit("h2load is not installed (apt-get install -y nghttp2-client)")
     with Rig() as rig:
         nginx_port, engine_port = free_port(), free_port()
-        with open(f"{rig.tmp}/nginx-h2.conf", "w") as handle:
-            handle.write(NGINX_H2.format(tmp=rig.tmp, upstream=rig.upstream, port=nginx_port))
-        nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{rig.tmp}/nginx-h2.conf",
-                                  "-p", rig.tmp])
+        nginx = start_nginx(rig.tmp, "-h2", NGINX_H2.format(tmp=rig.tmp, name="-h2", upstream=rig.upstream,
+                                                            port=nginx_port))
         engine = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve",
                                    f"{rig.tmp}/snapshot.json", str(engine_port)], cwd=ROOT)
         try:

@@ -16,15 +16,13 @@ measured in turn with `wrk -t1 -cN -dDs`, `--rounds` times:
 Prints requests/s per round and the medians of plain/before and balanced/plain.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
-from engine_wrk import wrk  # noqa: E402
+from common import HOST, ROOT, Rig, alternate, median_ratio, wrk  # noqa: E402
 
 
 def document(upstreams, **lb):
@@ -32,18 +30,6 @@ def document(upstreams, **lb):
             "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None, "locations": [],
                              "upstreams": [{"scheme": "http", "host": h, "port": p, "weight": 1} for h, p in upstreams],
                              "load_balancing": {"policy": "round_robin", **lb}}]}
-
-
-def spawn(rig, name, doc, cwd):
-    path = os.path.join(rig.tmp, f"{name}.json")
-    with open(path, "w") as handle:
-        json.dump(doc, handle)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", path, "--http-port", str(port),
-                             "--log-level", "ERROR"], cwd=cwd)
-    rig.engines.append(proc)
-    wait_port(port)
-    return port
 
 
 def main():
@@ -64,23 +50,17 @@ def main():
             [("127.0.0.1", rig.upstream), ("localhost", rig.upstream)], policy="least_conn",
             health_check={"path": "/1k.bin", "interval": 1.0, "timeout": 1.0},
             passive={"failures": 3, "window": 10.0, "cooldown": 30.0})
-        systems = {"before": spawn(rig, "before", plain_doc, before_dir),
-                   "plain": spawn(rig, "plain", plain_doc, ROOT),
-                   "balanced": spawn(rig, "balanced", balanced_doc, ROOT)}
-        for port in systems.values():
-            wrk(port, 1, args.connections)                  # warm up
-        results = {name: [] for name in systems}
-        for _ in range(args.rounds):
-            for name, port in systems.items():
-                results[name].append(wrk(port, args.duration, args.connections))
+        systems = {"before": rig.engine_for("before", plain_doc, cwd=before_dir)[1],
+                   "plain": rig.engine_for("plain", plain_doc)[1],
+                   "balanced": rig.engine_for("balanced", balanced_doc)[1]}
+        results = alternate(systems, args.rounds, lambda port: wrk(port, args.duration, args.connections),
+                            warm_up=lambda port: wrk(port, 1, args.connections))
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s, 1 KiB, {args.rounds} rounds alternating;"
               f" before = {args.before}")
         for name, values in results.items():
             print(f"{name:9s} " + "  ".join(f"{v:,.0f}" for v in values) + f" req/s (median {statistics.median(values):,.0f})")
         for a, b in (("plain", "before"), ("balanced", "plain")):
-            ratios = [x / y for x, y in zip(results[a], results[b])]
-            print(f"median ratio {a}/{b}: {statistics.median(ratios):.3f} "
-                  f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+            print(median_ratio(f"{a}/{b}", results[a], results[b], digits=3))
 
 
 if __name__ == "__main__":

@@ -21,53 +21,28 @@ round, the engine process's CPU time per request (from /proc, steadier than requ
 other work shares the cores) and the median ratio of each engine to the plain one.
 """
 import argparse
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
+from common import HOST, ROOT, Rig, alternate, median_ratio, wrk_run  # noqa: E402
 
 PATH = "/1k.bin?page=2&sort=name&select=all&q=living+room&dir=%2FPhotos%2F2024"
 AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of a process so far (seconds)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wrk(port, duration, connections, pid=None):
     """(requests/s, engine CPU µs per request or None)."""
-    before = cpu_seconds(pid) if pid else None
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}", "-H", f"User-Agent: {AGENT}",
-         f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True, check=True).stdout
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise SystemExit(f"non-2xx answers on port {port} (a limit triggered?):\n{out}")
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    return rate, ((cpu_seconds(pid) - before) * 1e6 / total if pid else None)
+    return wrk_run(port, duration, connections, PATH, headers=[f"User-Agent: {AGENT}"], pid=pid,
+                   hint=" (a limit triggered?)")
 
 
 def spawn(rig, name, host_changes, *extra):
     """An engine process serving the rig's host with `host_changes` applied."""
-    with open(f"{rig.tmp}/snapshot.json") as handle:
-        doc = json.load(handle)
+    doc = rig.document()
     doc["proxy_hosts"][0].update(host_changes)
-    path = f"{rig.tmp}/{name}.json"
-    with open(path, "w") as handle:
-        json.dump(doc, handle)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", path, "--http-port", str(port),
-                             "--log-level", "ERROR", *extra], cwd=ROOT)
-    rig.engines.append(proc)
-    wait_port(port)
+    proc, port = rig.engine_for(name, doc, *extra)
     return proc.pid, port
 
 
@@ -118,15 +93,10 @@ def main():
                                                "--redis-url", args.redis)
         systems["exploits"] = spawn(rig, "exploits", {"block_exploits": True})
         systems["plain (control)"] = spawn(rig, "control", {})    # same as plain: the noise floor
-        for pid, port in systems.values():
-            wrk(port, 1, args.connections)                  # warm up
-        results = {name: [] for name in systems}
-        cpu = {name: [] for name in systems}
-        for _ in range(args.rounds):
-            for name, (pid, port) in systems.items():
-                rate, per_request = wrk(port, args.duration, args.connections, pid)
-                results[name].append(rate)
-                cpu[name].append(per_request)
+        measured = alternate(systems, args.rounds, lambda e: wrk(e[1], args.duration, args.connections, e[0]),
+                             warm_up=lambda e: wrk(e[1], 1, args.connections))      # e: (pid, port)
+        results = {name: [rate for rate, _ in values] for name, values in measured.items()}
+        cpu = {name: [per_request for _, per_request in values] for name, values in measured.items()}
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s, 1 KiB, GET {PATH}, {args.rounds} rounds alternating")
         for name, values in results.items():
             print(f"{name:16s} " + "  ".join(f"{v:,.0f}" for v in values) + " req/s")
@@ -135,9 +105,7 @@ def main():
                   f"({', '.join(f'{v:.1f}' for v in values)})")
         for name in results:
             if name != "plain":
-                ratios = [e / p for e, p in zip(results[name], results["plain"])]
-                print(f"median ratio {name}/plain: {statistics.median(ratios):.3f} "
-                      f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})")
+                print(median_ratio(f"{name}/plain", results[name], results["plain"], digits=3, round_digits=3))
 
 
 if __name__ == "__main__":

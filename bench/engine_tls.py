@@ -19,28 +19,15 @@ import argparse
 import datetime
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, ROOT, Rig, free_port, wait_port  # noqa: E402
+from common import (HOST, KEEPALIVE, NGINX_HEAD, ROOT, Rig, free_port, median_ratio, start_nginx, wait_port,  # noqa: E402
+                    wrk, wrk_run)
 
-NGINX_TLS = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-tls.pid;
-error_log {tmp}/error-tls.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+NGINX_TLS = NGINX_HEAD + KEEPALIVE + """  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port} ssl;
     ssl_certificate {tmp}/tls.pem; ssl_certificate_key {tmp}/tls.pem;
@@ -77,22 +64,7 @@ def make_certificate(path):
 
 
 def wrk_tls(port, duration, connections, close=False):
-    import re
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}"]
-    if close:
-        command += ["-H", "Connection: close"]
-    out = subprocess.run(command + [f"https://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True,
-                         check=True).stdout
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise SystemExit(f"non-2xx answers on port {port}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
-def wrk_plain(port, duration, connections):
-    import re
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}",
-                          f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return wrk_run(port, duration, connections, headers=["Connection: close"] if close else (), scheme="https")[0]
 
 
 def main():
@@ -108,8 +80,6 @@ def main():
         tmp = rig.tmp
         cert_pem, key_pem = make_certificate(f"{tmp}/tls.pem")
         nginx_port, engine_port, engine_http = free_port(), free_port(), free_port()
-        with open(f"{tmp}/nginx-tls.conf", "w") as handle:
-            handle.write(NGINX_TLS.format(tmp=tmp, upstream=rig.upstream, port=nginx_port))
         doc = {"revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
                "proxy_hosts": [{"id": 1, "domains": [HOST], "max_body_size": None,
                                 "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": rig.upstream,
@@ -121,7 +91,7 @@ def main():
         with open(f"{tmp}/tls-snapshot.json", "w") as handle:
             json.dump(doc, handle)
         procs = [
-            subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{tmp}/nginx-tls.conf", "-p", tmp]),
+            start_nginx(tmp, "-tls", NGINX_TLS.format(tmp=tmp, name="-tls", upstream=rig.upstream, port=nginx_port)),
             subprocess.Popen([sys.executable, "-m", "proxy_engine", "--document-file", f"{tmp}/tls-snapshot.json",
                               "--http-port", str(engine_http), "--https-port", str(engine_port),
                               "--default-certificate", f"{tmp}/tls.pem", "--log-level", "ERROR"], cwd=ROOT),
@@ -149,15 +119,13 @@ def main():
                     for name, port in systems.items():
                         results[name].append(wrk_tls(port, args.duration, args.connections, close))
                     if not close:
-                        results["engine-http"].append(wrk_plain(engine_http, args.duration, args.connections))
+                        results["engine-http"].append(wrk(engine_http, args.duration, args.connections))
                 print(f"{label}: wrk -t1 -c{args.connections} -d{args.duration}s https, 1 KiB, "
                       f"{args.rounds} rounds alternating")
                 for name, values in results.items():
                     print(f"  {name:11s} " + "  ".join(f"{v:,.0f}" for v in values))
                 for name in [n for n in results if n != "nginx"]:
-                    ratios = [e / n for e, n in zip(results[name], results["nginx"])]
-                    print(f"  median ratio {name}/nginx: {statistics.median(ratios):.2f} "
-                          f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+                    print("  " + median_ratio(f"{name}/nginx", results[name], results["nginx"]))
         finally:
             for proc in procs:
                 proc.terminate()

@@ -10,23 +10,10 @@ engine writing its access log to a file joins the rotation, and its ratio is pri
 """
 import argparse
 import os
-import re
-import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HOST, Rig  # noqa: E402
-
-
-def wrk(port, duration, connections, path="/1k.bin"):
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Host: {HOST}",
-         f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise SystemExit(f"non-2xx answers on port {port}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+from common import Rig, alternate, median_ratio, wrk  # noqa: E402
 
 
 def main():
@@ -41,12 +28,8 @@ def main():
         systems = {"nginx": rig.nginx_port, "engine": rig.engine_port}
         if args.access_log:
             systems["engine+log"] = rig.spawn_engine("access.log")[1]
-        for port in systems.values():
-            wrk(port, 1, args.connections)                  # warm up
-        results = {name: [] for name in systems}
-        for _ in range(args.rounds):
-            for name, port in systems.items():
-                results[name].append(wrk(port, args.duration, args.connections))
+        results = alternate(systems, args.rounds, lambda port: wrk(port, args.duration, args.connections),
+                            warm_up=lambda port: wrk(port, 1, args.connections))
         direct = wrk(rig.upstream, args.duration, args.connections)
         print(f"wrk -t1 -c{args.connections} -d{args.duration}s, 1 KiB, {args.rounds} rounds alternating")
         print(f"upstream direct: {direct:,.0f} req/s")
@@ -54,9 +37,7 @@ def main():
             print(f"{name:10s} " + "  ".join(f"{v:,.0f}" for v in values) + " req/s")
         for name in results:
             if name != "nginx":
-                ratios = [e / n for e, n in zip(results[name], results["nginx"])]
-                print(f"median ratio {name}/nginx: {statistics.median(ratios):.2f} "
-                      f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+                print(median_ratio(f"{name}/nginx", results[name], results["nginx"]))
         if args.access_log:
             logs = [os.path.join(rig.tmp, n) for n in os.listdir(rig.tmp) if n.startswith("access.log")
                     and not n.endswith(".lock")]

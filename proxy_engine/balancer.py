@@ -354,3 +354,24 @@ def retry_for(group, upstream, headers, tried):
     group.acquire(following)
     token = cookie_value(headers, group.cookie) if getattr(group, "cookie", None) is not None else None
     return following, (group.set_cookie(following, token) if group.balanced else b"")
+
+
+def retry_request(request, failure, closed=False):
+    """A connection attempt of `request` (an exchange of either protocol) failed: the group's
+    health learns of it. When the request may go elsewhere (idempotent, no body sent, nothing
+    answered yet, and not `closed`: the client connection is still open), `request.upstream`
+    becomes another upstream of its group (its Set-Cookie line noted) and is returned; else
+    None (retry_for)."""
+    group = request.group
+    group.failed(request.upstream, failure)
+    if request.responded or closed or not retryable(request.method, request.body_bytes):
+        return None
+    if request.tried is None:
+        request.tried = set()
+    upstream, cookie = retry_for(group, request.upstream, request.headers, request.tried)
+    if upstream is None:
+        return None
+    request.upstream = upstream
+    if cookie:
+        request.set_cookie = cookie
+    return upstream

@@ -64,7 +64,7 @@ from hyperframe.frame import GoAwayFrame
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
-from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
+from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_request
 from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.exploits import CAUSES as EXPLOIT_CAUSES
 from proxy_engine.fastio import send
@@ -298,19 +298,10 @@ class H2Stream:
 
     def _retry(self, failure):
         """A connection attempt failed (health learns of it): try another upstream of the
-        group if the request is idempotent and sent no body (balancer.retry_for)."""
-        group = self.group
-        group.failed(self.upstream, failure)
-        if self.responded or not retryable(self.method, self.body_bytes):
-            return False
-        if self.tried is None:
-            self.tried = set()
-        upstream, cookie = retry_for(group, self.upstream, self.headers, self.tried)
+        group if the request is idempotent and sent no body (balancer.retry_request)."""
+        upstream = retry_request(self, failure)
         if upstream is None:
             return False
-        self.upstream = upstream
-        if cookie:
-            self.set_cookie = cookie
         self.connector = self.proto.pool.acquire(upstream, self.route.timeouts.connect, self)
         return True
 

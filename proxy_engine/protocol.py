@@ -45,7 +45,7 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
 
 from proxy_engine.access import ALLOWED, PENDING, strip_authorization
-from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_for, retryable
+from proxy_engine.balancer import NoHealthyUpstream, choose_for, retry_request
 from proxy_engine.cache import ResponseCache
 from proxy_engine.errors import CLIENT_ERRORS, EXPLOIT_BLOCKED, REASONS, ClientGone, TlsHandshakeFailed, error_body
 from proxy_engine.exploits import CAUSES as EXPLOIT_CAUSES
@@ -673,19 +673,10 @@ class ProxyProtocol(Protocol):
 
     def _retry(self, request, failure):
         """A connection attempt failed (health learns of it): try another upstream of the
-        group if the request is idempotent and sent no body (balancer.retry_for)."""
-        group = request.group
-        group.failed(request.upstream, failure)
-        if request.responded or not retryable(request.method, request.body_bytes) or self.state is CLOSED:
-            return False
-        if request.tried is None:
-            request.tried = set()
-        upstream, cookie = retry_for(group, request.upstream, request.headers, request.tried)
+        group if the request is idempotent and sent no body (balancer.retry_request)."""
+        upstream = retry_request(request, failure, closed=self.state is CLOSED)
         if upstream is None:
             return False
-        request.upstream = upstream
-        if cookie:
-            request.set_cookie = cookie
         request.connector = self.pool.acquire(upstream, request.route.timeouts.connect, self)
         return True
 

@@ -17,6 +17,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def read_body(handler):
+    """The body of the request a BaseHTTPRequestHandler is serving: chunked, or by
+    Content-Length (none: empty)."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        data = b""
+        while True:
+            size = int(handler.rfile.readline().strip(), 16)
+            if size == 0:
+                handler.rfile.readline()
+                return data
+            data += handler.rfile.read(size)
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length", 0) or 0))
+
+
 class Upstream(BaseHTTPRequestHandler):
     """Answers with JSON naming the server, the path and the headers it received."""
 
@@ -51,17 +66,7 @@ class Upstream(BaseHTTPRequestHandler):
         self._send(200, body)
 
     def do_POST(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    break
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        else:
-            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        data = read_body(self)
         self._send(200, json.dumps({"length": len(data), "sha": hashlib.sha256(data).hexdigest()}).encode())
 
 
@@ -162,6 +167,59 @@ class EngineProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.stdout.read().decode(errors="replace")
+
+
+def issue_certificate(directory, name, *domains, ca=None):
+    """The snapshot's certificate entry `name` for a leaf issued for `domains` by a trustme CA
+    (`ca`, or a new one) whose certificate is written to directory/ca.pem (curl --cacert)."""
+    import trustme
+
+    ca = ca or trustme.CA()
+    leaf = ca.issue_cert(*domains)
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    return {"name": name, "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
+            "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}
+
+
+def write_doc(path, doc):
+    """Write a snapshot document as the manager does: whole, through a rename."""
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(doc, handle)
+    os.replace(tmp, path)
+
+
+def engine_process(doc_path, *extra, https=False):
+    """`python -m proxy_engine` on the document at doc_path, HTTP on a free port (`.port`) and,
+    with `https`, HTTPS on another (`.https_port`), bound to 127.0.0.1; `extra` arguments last."""
+    port = free_port()
+    https_port = free_port() if https else None
+    tls = ["--https-port", str(https_port)] if https else []
+    engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
+                            "--http-port", str(port), *tls, "--bind", "127.0.0.1", *extra], port)
+    engine.https_port = https_port
+    return engine
+
+
+def started_engines(directory, *args, ready=lambda response, body: response.status != 503, **probe):
+    """The body of a fixture (`yield from started_engines(tmp_path, ...)`): yields start(doc, *extra),
+    which writes doc to a file of its own in directory, starts engine_process on it (args, then
+    extra), keeps the file's path as `engine.doc_path` and waits until ready(response, body) holds
+    for a probe (probe: wait_for's host and path); after the test, stops every engine started."""
+    engines = []
+
+    def start(doc, *extra):
+        path = directory / f"snapshot{len(engines)}.json"
+        write_doc(path, doc)
+        engine = engine_process(path, *args, *extra)
+        engine.doc_path = path
+        engines.append(engine)
+        engine.wait_for(ready, **probe)
+        return engine
+
+    yield start
+    for engine in engines:
+        engine.stop()
 
 
 def runproxy(database_path, data_dir, redis_url="", poll_interval=None):

@@ -8,24 +8,14 @@ from django.utils import timezone
 from manager.accounts import throttle
 from manager.accounts.models import FailedLogin, Profile
 from manager.audit.models import AuditEntry
+from tests.conftest import PASSWORD, make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 User = get_user_model()
 
 
 def user(name, superuser=False, **rights):
-    account = User.objects.create_user(name, password=PASSWORD, is_superuser=superuser, is_staff=superuser)
-    Profile.objects.create(user=account, **rights)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
+    return make_user(name, superuser, staff=superuser, **rights)
 
 
 # -- setup -----------------------------------------------------------------------------

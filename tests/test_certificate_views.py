@@ -3,15 +3,13 @@ import os
 import pytest
 import trustme
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from manager.accounts.models import Profile
 from manager.certificates.models import Certificate
 from manager.hosts.models import ProxyHost
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +25,7 @@ def pems():
 
 def user(name, certificates="hidden", superuser=False, visibility="all"):
     """A dashboard user with the given level for certificates (hidden | view | manage)."""
-    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    Profile.objects.create(user=account, certificates=certificates, visibility=visibility)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
+    return make_user(name, superuser, certificates=certificates, visibility=visibility)
 
 
 def test_pages_require_login(client):

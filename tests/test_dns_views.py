@@ -5,7 +5,7 @@ import pytest
 from manager.certificates.forms import DnsProviderForm, LetsEncryptForm
 from manager.certificates.models import Certificate, DnsProvider
 
-from .test_certificate_views import as_user, empty_broker, queued_tasks, user  # noqa: F401 (fixtures)
+from .test_certificate_views import empty_broker, queued_tasks, user  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 TOKEN = "cf-Token_0123456789abcdefghijklmnopqrstuv"

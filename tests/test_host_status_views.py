@@ -1,28 +1,16 @@
 """Host status page, "Test upstream" and the request id lookup: login, rights, ownership."""
 import pytest
-from django.contrib.auth import get_user_model
 
-from manager.accounts.models import Profile
 from manager.hosts.models import EngineNode, ProxyHost, UpstreamError
 from manager.hosts.revision import current_revision
 from tests.live import free_port
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 
 
 def user(name, proxy_hosts="hidden", superuser=False, visibility="all"):
-    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    Profile.objects.create(user=account, proxy_hosts=proxy_hosts, visibility=visibility)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
+    return make_user(name, superuser, proxy_hosts=proxy_hosts, visibility=visibility)
 
 
 def host(owner=None, port=None, domain="app.home.test"):

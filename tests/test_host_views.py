@@ -1,28 +1,16 @@
 import pytest
-from django.contrib.auth import get_user_model
 
 from manager.access.models import AccessList
-from manager.accounts.models import Profile
 from manager.audit.models import AuditEntry
 from manager.hosts.models import Location, ProxyHost, RedirectionHost
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 UPSTREAM = [{"scheme": "http", "host": "10.0.1.10", "port": 3000, "weight": 1}]
 
 
 def user(name, level="hidden", superuser=False, visibility="all", **levels):
-    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    Profile.objects.create(user=account, proxy_hosts=level, visibility=visibility, **levels)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
+    return make_user(name, superuser, proxy_hosts=level, visibility=visibility, **levels)
 
 
 def host(domain="app.home.test", **fields):

@@ -5,17 +5,15 @@ error reads like an import error and lands on the row's field."""
 import pytest
 import trustme
 import yaml
-from django.contrib.auth import get_user_model
 
-from manager.accounts.models import Profile
 from manager.audit.models import AuditEntry
 from manager.configuration import exporter
 from manager.configuration.importer import import_yaml
 from manager.hosts.models import Location, ProxyHost
 from manager.hosts.revision import current_revision
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 UPSTREAMS = [{"scheme": "http", "host": "10.0.1.20", "port": 8096, "weight": 1}]
 ROW_FIELDS = ("path", "upstreams", "cache_mode", "cache_ttl", "cache_stale_if_error", "compression_mode", "compression",
               "rate_mode", "rate_requests", "rate_per", "rate_burst", "rate_key", "rate_key_header", "headers_mode",
@@ -23,22 +21,7 @@ ROW_FIELDS = ("path", "upstreams", "cache_mode", "cache_ttl", "cache_stale_if_er
 
 
 def user(name, level="hidden", superuser=False):
-    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    Profile.objects.create(user=account, proxy_hosts=level)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
-
-
-@pytest.fixture
-def admin(as_user):
-    return as_user(user("admin", superuser=True))
+    return make_user(name, superuser, proxy_hosts=level)
 
 
 def host(domain="media.home.test", **fields):

@@ -1,35 +1,18 @@
 """Redirection hosts, 404 hosts, streams and access lists: the same views as proxy hosts
 (tests/test_host_views.py), tested here for what differs per kind."""
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import check_password
 
 from manager.access.models import AccessList, AccessListUser
-from manager.accounts.models import Profile
 from manager.audit.models import AuditEntry
 from manager.hosts.models import DeadHost, ProxyHost, RedirectionHost, Stream
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 
 
 def user(name, superuser=False, visibility="all", **levels):
-    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    Profile.objects.create(user=account, visibility=visibility, **levels)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
-
-
-@pytest.fixture
-def admin(as_user):
-    return as_user(user("admin", superuser=True))
+    return make_user(name, superuser, visibility=visibility, **levels)
 
 
 # -- redirection hosts -----------------------------------------------------------------

@@ -4,38 +4,21 @@ cache sizes of the settings page."""
 import time
 
 import pytest
-from django.contrib.auth import get_user_model
 
-from manager.accounts.models import Profile
 from manager.audit.models import AuditEntry
 from manager.hosts.models import EngineNode, Location, ProxyHost, Settings
 from manager.hosts.revision import current_revision
 from manager.hosts.management.commands.runproxy import report_status
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "a-long-passphrase-42"
 UPSTREAMS = [{"scheme": "http", "host": "10.0.1.20", "port": 8096, "weight": 1},
              {"scheme": "http", "host": "10.0.1.21", "port": 8096, "weight": 1}]
 CACHE = {"enabled": True, "default_ttl": 300.0, "stale_if_error": 0.0}
 
 
 def user(name, level="hidden", superuser=False, visibility="all"):
-    account = get_user_model().objects.create_user(name, password=PASSWORD, is_superuser=superuser)
-    Profile.objects.create(user=account, proxy_hosts=level, visibility=visibility)
-    return account
-
-
-@pytest.fixture
-def as_user(client):
-    def login(account):
-        assert client.login(username=account.username, password=PASSWORD)
-        return client
-    return login
-
-
-@pytest.fixture
-def admin(as_user):
-    return as_user(user("admin", superuser=True))
+    return make_user(name, superuser, proxy_hosts=level, visibility=visibility)
 
 
 def host(domain="media.home.test", **fields):

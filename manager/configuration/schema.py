@@ -276,6 +276,14 @@ class _Reader:
                 self.error(_key(path, key), "required key is missing")
         return value
 
+    def section(self, mapping, key, path, keys, required=()):
+        """(mapping[key] checked by mapping(), its path); the value is None when the key is
+        absent or null, or holds no mapping."""
+        where = _key(path, key)
+        if mapping.get(key) is None:
+            return None, where
+        return self.mapping(mapping[key], where, keys, required), where
+
     def errors_at(self, path):
         """Errors already reported at `path` or below it."""
         return [e for e in self.errors if e.path == path or e.path.startswith((path + ".", path + "["))]
@@ -356,47 +364,34 @@ def _settings(r, value, at):
     result = {"default_site_action": "welcome", "default_site_to": "", "default_site_body": "",
               "acme_email": "", "acme_directory": DEFAULT_ACME_DIRECTORY, "acme_ca_bundle": "",
               "tls_fallback": "self_signed", "trusted_proxies": []}
-    if m.get("default_site") is not None:
-        where = _key(at, "default_site")
-        site = r.mapping(m["default_site"], where, ("action", "to", "body"), required=("action",))
-        if site is not None:
-            action = r.field(site, "action", where, default_site_action)
-            result["default_site_action"] = action or "welcome"
-            if action == "redirect":
-                if site.get("to") is None:
-                    r.error(_key(where, "to"), "required when action is redirect")
-                result["default_site_to"] = r.field(site, "to", where, url, "")
-            elif site.get("to") is not None:
-                r.error(_key(where, "to"), "only allowed when action is redirect")
-            if action == "html":
-                if site.get("body") is None:
-                    r.error(_key(where, "body"), "required when action is html")
-                result["default_site_body"] = r.field(site, "body", where, text, "")
-            elif site.get("body") is not None:
-                r.error(_key(where, "body"), "only allowed when action is html")
-    if m.get("acme") is not None:
-        where = _key(at, "acme")
-        acme = r.mapping(m["acme"], where, ("email", "directory", "ca_bundle"))
-        if acme is not None:
-            result["acme_email"] = r.field(acme, "email", where, email, "")
-            result["acme_directory"] = r.field(acme, "directory", where, url, DEFAULT_ACME_DIRECTORY)
-            result["acme_ca_bundle"] = r.field(acme, "ca_bundle", where, absolute_path, "")
-    if m.get("tls") is not None:
-        where = _key(at, "tls")
-        tls = r.mapping(m["tls"], where, ("fallback",))
-        if tls is not None:
-            result["tls_fallback"] = r.field(tls, "fallback", where, choice(TLS_FALLBACKS), "self_signed")
+    site, where = r.section(m, "default_site", at, ("action", "to", "body"), required=("action",))
+    if site is not None:
+        action = r.field(site, "action", where, default_site_action)
+        result["default_site_action"] = action or "welcome"
+        for needed_by, key, parse in (("redirect", "to", url), ("html", "body", text)):
+            if action == needed_by:
+                if site.get(key) is None:
+                    r.error(_key(where, key), f"required when action is {needed_by}")
+                result[f"default_site_{key}"] = r.field(site, key, where, parse, "")
+            elif site.get(key) is not None:
+                r.error(_key(where, key), f"only allowed when action is {needed_by}")
+    acme, where = r.section(m, "acme", at, ("email", "directory", "ca_bundle"))
+    if acme is not None:
+        result["acme_email"] = r.field(acme, "email", where, email, "")
+        result["acme_directory"] = r.field(acme, "directory", where, url, DEFAULT_ACME_DIRECTORY)
+        result["acme_ca_bundle"] = r.field(acme, "ca_bundle", where, absolute_path, "")
+    tls, where = r.section(m, "tls", at, ("fallback",))
+    if tls is not None:
+        result["tls_fallback"] = r.field(tls, "fallback", where, choice(TLS_FALLBACKS), "self_signed")
     result["trusted_proxies"] = r.scalar_list(m, "trusted_proxies", at, validators.cidr)
     result["cache_memory_bytes"] = SETTINGS_CACHE_DEFAULTS["memory_bytes"]
     result["cache_disk_bytes"] = SETTINGS_CACHE_DEFAULTS["disk_bytes"]
-    if m.get("cache") is not None:
-        where = _key(at, "cache")
-        cache = r.mapping(m["cache"], where, SETTINGS_CACHE_KEYS)
-        if cache is not None:
-            result["cache_memory_bytes"] = r.field(cache, "memory_bytes", where, cache_memory_size,
-                                                   SETTINGS_CACHE_DEFAULTS["memory_bytes"])
-            result["cache_disk_bytes"] = r.field(cache, "disk_bytes", where, cache_disk_size,
-                                                 SETTINGS_CACHE_DEFAULTS["disk_bytes"])
+    cache, where = r.section(m, "cache", at, SETTINGS_CACHE_KEYS)
+    if cache is not None:
+        result["cache_memory_bytes"] = r.field(cache, "memory_bytes", where, cache_memory_size,
+                                               SETTINGS_CACHE_DEFAULTS["memory_bytes"])
+        result["cache_disk_bytes"] = r.field(cache, "disk_bytes", where, cache_disk_size,
+                                             SETTINGS_CACHE_DEFAULTS["disk_bytes"])
     return result
 
 
@@ -673,10 +668,7 @@ def _compression(r, m, at):
 
 
 def _cache(r, m, at):
-    if m.get("cache") is None:
-        return None
-    where = _key(at, "cache")
-    cache = r.mapping(m["cache"], where, CACHE_KEYS)
+    cache, where = r.section(m, "cache", at, CACHE_KEYS)
     if cache is None:
         return None
     return {"enabled": r.field(cache, "enabled", where, boolean, True),
@@ -685,10 +677,7 @@ def _cache(r, m, at):
 
 
 def _rate_limit(r, m, at):
-    if m.get("rate_limit") is None:
-        return None
-    where = _key(at, "rate_limit")
-    limit = r.mapping(m["rate_limit"], where, ("requests", "per", "key", "burst"), required=("requests",))
+    limit, where = r.section(m, "rate_limit", at, ("requests", "per", "key", "burst"), required=("requests",))
     if limit is None:
         return None
     return {"requests": r.field(limit, "requests", where, lambda v: validators.positive_int(v, "requests"), 1),
@@ -728,19 +717,13 @@ def _header_values(r, rules, key, dir_path):
 
 
 def _headers(r, m, at):
-    if m.get("headers") is None:
-        return None
-    where = _key(at, "headers")
-    headers = r.mapping(m["headers"], where, ("request", "response"))
+    headers, where = r.section(m, "headers", at, ("request", "response"))
     if headers is None:
         return None
     result = {}
     for direction in ("request", "response"):
         result[direction] = {"set": {}, "remove": []}
-        if headers.get(direction) is None:
-            continue
-        dir_path = _key(where, direction)
-        rules = r.mapping(headers[direction], dir_path, ("set", "add", "remove"))
+        rules, dir_path = r.section(headers, direction, where, ("set", "add", "remove"))
         if rules is None:
             continue
         result[direction]["set"] = _header_values(r, rules, "set", dir_path)
@@ -784,10 +767,7 @@ def _health_check(r, lb, where):
     """Active checks: a GET of `path` every `interval`; a status within `expect` answered
     within `timeout` counts as a success; `healthy` / `unhealthy` consecutive results flip
     an upstream's state. The timeout must fit in the interval (checks never overlap)."""
-    if lb.get("health_check") is None:
-        return None
-    at = _key(where, "health_check")
-    check = r.mapping(lb["health_check"], at, HEALTH_CHECK_KEYS)
+    check, at = r.section(lb, "health_check", where, HEALTH_CHECK_KEYS)
     if check is None:
         return None
     d = HEALTH_CHECK_DEFAULTS
@@ -829,10 +809,7 @@ def full_cache(cache):
 def _passive(r, lb, where):
     """Passive checks: `failures` failed requests (refused, reset, timed out, invalid
     answers) within `window` take an upstream out for `cooldown`."""
-    if lb.get("passive") is None:
-        return None
-    at = _key(where, "passive")
-    passive = r.mapping(lb["passive"], at, PASSIVE_KEYS)
+    passive, at = r.section(lb, "passive", where, PASSIVE_KEYS)
     if passive is None:
         return None
     d = PASSIVE_DEFAULTS
@@ -857,10 +834,7 @@ def _sticky(r, lb, where):
     """Sticky sessions: the upstream picked for a client's first request is named in cookie
     `cookie`; later requests carrying it go to the same upstream while it is up. `max_age` 0
     makes it a session cookie."""
-    if lb.get("sticky") is None:
-        return None
-    at = _key(where, "sticky")
-    sticky = r.mapping(lb["sticky"], at, STICKY_KEYS)
+    sticky, at = r.section(lb, "sticky", where, STICKY_KEYS)
     if sticky is None:
         return None
     d = STICKY_DEFAULTS
@@ -933,10 +907,7 @@ def _cors(r, m, at):
     gain Access-Control-Allow-Origin (+ -Credentials, -Expose-Headers). `credentials` with
     origins ["*"] is refused: it would let every web site read responses with the visitor's
     cookies."""
-    if m.get("cors") is None:
-        return None
-    where = _key(at, "cors")
-    cors = r.mapping(m["cors"], where, CORS_KEYS, required=("origins",))
+    cors, where = r.section(m, "cors", at, CORS_KEYS, required=("origins",))
     if cors is None:
         return None
     d = CORS_DEFAULTS
@@ -988,10 +959,7 @@ def _forward_auth(r, m, at):
     (302 to the login page, 401) goes back to the client; an auth service that fails or does
     not answer within `timeout` gets the client a 502 / 504. Nothing reaches the upstream
     unless the auth service said yes."""
-    if m.get("forward_auth") is None:
-        return None
-    where = _key(at, "forward_auth")
-    auth = r.mapping(m["forward_auth"], where, FORWARD_AUTH_KEYS, required=("url",))
+    auth, where = r.section(m, "forward_auth", at, FORWARD_AUTH_KEYS, required=("url",))
     if auth is None:
         return None
     d = FORWARD_AUTH_DEFAULTS
@@ -1027,27 +995,21 @@ def _proxy_host(r, value, at):
             "locations": []}
     if m.get("upstreams") is not None and not host["upstreams"] and not r.errors_at(_key(at, "upstreams")):
         r.error(_key(at, "upstreams"), "at least one upstream is required")
-    if m.get("load_balancing") is not None:
-        where = _key(at, "load_balancing")
-        lb = r.mapping(m["load_balancing"], where, LOAD_BALANCING_KEYS)
-        if lb is not None:
-            host["lb_policy"] = r.field(lb, "policy", where, choice(LB_POLICIES), "round_robin")
-            host["health_check"] = _health_check(r, lb, where)
-            host["passive_health"] = _passive(r, lb, where)
-            host["lb_sticky"] = _sticky(r, lb, where)
-    if m.get("timeouts") is not None:
-        where = _key(at, "timeouts")
-        timeouts = r.mapping(m["timeouts"], where, ("connect", "response"))
-        if timeouts is not None:
-            host["connect_timeout"] = r.field(timeouts, "connect", where, positive_duration, 5.0)
-            host["response_timeout"] = r.field(timeouts, "response", where, positive_duration, 60.0)
-    if m.get("ssl") is not None:
-        where = _key(at, "ssl")
-        ssl = r.mapping(m["ssl"], where, ("certificate", "force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"))
-        if ssl is not None:
-            host["certificate"] = r.field(ssl, "certificate", where, name)
-            for flag in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"):
-                host[flag] = r.field(ssl, flag, where, boolean, False)
+    lb, where = r.section(m, "load_balancing", at, LOAD_BALANCING_KEYS)
+    if lb is not None:
+        host["lb_policy"] = r.field(lb, "policy", where, choice(LB_POLICIES), "round_robin")
+        host["health_check"] = _health_check(r, lb, where)
+        host["passive_health"] = _passive(r, lb, where)
+        host["lb_sticky"] = _sticky(r, lb, where)
+    timeouts, where = r.section(m, "timeouts", at, ("connect", "response"))
+    if timeouts is not None:
+        host["connect_timeout"] = r.field(timeouts, "connect", where, positive_duration, 5.0)
+        host["response_timeout"] = r.field(timeouts, "response", where, positive_duration, 60.0)
+    ssl, where = r.section(m, "ssl", at, ("certificate", "force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"))
+    if ssl is not None:
+        host["certificate"] = r.field(ssl, "certificate", where, name)
+        for flag in ("force_https", "http2", "hsts", "hsts_subdomains", "hsts_preload"):
+            host[flag] = r.field(ssl, flag, where, boolean, False)
     paths = set()
     for position, (item, where) in enumerate(r.items(m, "locations", at)):
         location = r.mapping(item, where, LOCATION_KEYS, required=("path",))

@@ -42,6 +42,28 @@ def _yaml_text(value):
     return exporter.dump_yaml(value).strip() if value else ""
 
 
+def field_for(field_of, path):
+    """The form field of an error path: `field_of` maps path prefixes to fields, the longest
+    matching prefix wins; None (a form-wide error) when none matches."""
+    for prefix in sorted(field_of, key=len, reverse=True):
+        if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+            return field_of[prefix]
+    return None
+
+
+def rate_limit_item(value, report):
+    """The rate_limit item of a form's rate_* fields (`value(name)` gives a field's value); a
+    key counted per header without the header's name goes to report(message)."""
+    limit = {key: scalar(value(f"rate_{key}")) for key in ("requests", "per", "burst") if value(f"rate_{key}")}
+    header = (value("rate_key_header") or "").strip()
+    if value("rate_key") == "header":
+        if header:
+            limit["key"] = f"header:{header}"
+        else:
+            report("rate_limit.key: name the header to count requests by")
+    return limit
+
+
 class SchemaForm(forms.Form):
     """A form parsed as one item of `section` of a configuration document.
 
@@ -69,10 +91,7 @@ class SchemaForm(forms.Form):
             return None
 
     def field_of(self, path):
-        for prefix in sorted(self.FIELD_OF, key=len, reverse=True):
-            if path == prefix or path.startswith((prefix + ".", prefix + "[")):
-                return self.FIELD_OF[prefix]
-        return None
+        return field_for(self.FIELD_OF, path)
 
     def place_error(self, path, message):
         """Put the schema's error about `path` (within the item) where it belongs."""
@@ -271,14 +290,8 @@ class LocationForm(forms.Form):
         elif value("compression_mode") == "on":
             location["compression"] = list(value("compression"))
         if value("rate_mode") == "custom":
-            limit = {key: scalar(value(f"rate_{key}")) for key in ("requests", "per", "burst") if value(f"rate_{key}")}
-            header = value("rate_key_header").strip()
-            if value("rate_key") == "header":
-                if header:
-                    limit["key"] = f"header:{header}"
-                else:
-                    self.add_error("rate_key_header", f"{at}.rate_limit.key: name the header to count requests by")
-            location["rate_limit"] = limit
+            location["rate_limit"] = rate_limit_item(value, lambda message: self.add_error("rate_key_header",
+                                                                                          f"{at}.{message}"))
         if value("headers_mode") == "custom":
             text = value("headers")
             try:
@@ -288,10 +301,7 @@ class LocationForm(forms.Form):
         return location
 
     def field_of(self, path):
-        for prefix in sorted(self.FIELD_OF, key=len, reverse=True):
-            if path == prefix or path.startswith((prefix + ".", prefix + "[")):
-                return self.FIELD_OF[prefix]
-        return None
+        return field_for(self.FIELD_OF, path)
 
     def group(self, *names):
         return [self[name] for name in names]
@@ -603,13 +613,7 @@ class ProxyHostForm(SchemaForm):
             host["cache"] = {"enabled": cleaned["cache_enabled"], "default_ttl": scalar(cleaned["cache_ttl"] or "0s")}
             if cleaned["cache_stale_if_error"]:
                 host["cache"]["stale_if_error"] = scalar(cleaned["cache_stale_if_error"])
-        rate = {key: scalar(cleaned[f"rate_{key}"]) for key in ("requests", "per", "burst") if cleaned[f"rate_{key}"]}
-        header = (cleaned["rate_key_header"] or "").strip()
-        if cleaned["rate_key"] == "header":
-            if header:
-                rate["key"] = f"header:{header}"
-            else:
-                self.add_error("rate_key_header", "rate_limit.key: name the header to count requests by")
+        rate = rate_limit_item(cleaned.__getitem__, lambda message: self.add_error("rate_key_header", message))
         if rate:
             if "requests" not in rate:
                 self.add_error("rate_requests", "required for a rate limit")

@@ -1,12 +1,12 @@
 """The certificate pages in a real browser (headless Chromium through Playwright)."""
 import os
-import shutil
 
 import pytest
 import trustme
 from django.contrib.auth import get_user_model
 
 from manager.certificates.models import Certificate
+from tests.e2e.browser import ARGS, CHROMIUM, chromium, log_in  # noqa: F401 (ARGS, CHROMIUM: were defined here)
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls below are plain
 # synchronous test code, not async views.
@@ -14,29 +14,16 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 PASSWORD = "a-long-passphrase-42"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture
 def page(live_server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed (apt-get install chromium)")
     get_user_model().objects.create_superuser("admin", "admin@example.test", PASSWORD)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.set_default_timeout(10_000)
-        page.goto(live_server.url + "/login/")
-        page.fill("#id_username", "admin")
-        page.fill("#id_password", PASSWORD)
-        page.click("main button[type=submit]")
-        page.wait_for_url(live_server.url + "/")
+        log_in(page, live_server.url, "admin", PASSWORD)
         yield page
-        browser.close()
 
 
 def test_uploading_a_certificate_in_the_browser_shows_errors_then_the_certificate(page, live_server):

@@ -11,7 +11,7 @@ import os
 import pytest
 from django.db import connection
 
-from tests.e2e.test_browser_certificates import ARGS, CHROMIUM
+from tests.e2e.browser import chromium, log_in
 from tests.live import runproxy, start_upstream, stop_upstream
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -46,14 +46,8 @@ def engine(tmp_path):
 
 @pytest.fixture
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 def shot(page, name):
@@ -122,11 +116,7 @@ def test_a_new_users_first_session(live_server, engine, upstreams, browser):
     # The viewer sees the host but cannot change it, and the admin pages are closed.
     viewer = browser.new_page(viewport={"width": 390, "height": 844})   # a phone-sized screen
     viewer.set_default_timeout(10_000)
-    viewer.goto(live_server.url + "/login/")
-    viewer.fill("#id_username", "viewer")
-    viewer.fill("#id_password", VIEWER_PASSWORD)
-    viewer.click("main button[type=submit]")
-    viewer.wait_for_url(live_server.url + "/")
+    log_in(viewer, live_server.url, "viewer", VIEWER_PASSWORD)
     viewer.click("nav >> text=Proxy hosts")
     listing = viewer.locator("main").inner_text()
     assert "app.example.test" in listing

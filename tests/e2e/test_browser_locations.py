@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from manager.hosts.models import Location, ProxyHost
-from tests.e2e.test_browser_certificates import ARGS, CHROMIUM
+from tests.e2e.browser import chromium, log_in
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -16,25 +16,15 @@ PASSWORD = "a-long-passphrase-42"
 
 @pytest.fixture
 def browser(live_server):
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed (apt-get install chromium)")
     get_user_model().objects.create_superuser("admin", "admin@example.test", PASSWORD)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 def logged_in(browser, live_server, javascript=True):
     page = browser.new_page(viewport={"width": 1100, "height": 800}, java_script_enabled=javascript)
     page.set_default_timeout(10_000)
-    page.goto(live_server.url + "/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", PASSWORD)
-    page.click("main button[type=submit]")
-    page.wait_for_url(live_server.url + "/")
+    log_in(page, live_server.url, "admin", PASSWORD)
     return page
 
 

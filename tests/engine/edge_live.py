@@ -4,10 +4,8 @@ HTTP and HTTPS (HTTP/2 through ALPN, driven with curl). Everything listens on 12
 import http.client
 import json
 import shutil
-import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port
+from tests.live import engine_process, free_port, issue_certificate, read_body, stop_upstream, write_doc
 
 GOOD_COOKIE = "authelia_session=good"
 LOGIN = "https://login.example.test/"
@@ -30,20 +27,8 @@ class Recorder(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-
     def _record(self):
-        body = self._read_body()
+        body = read_body(self)
         entry = {"method": self.command, "path": self.path, "body": body, "port": self.client_address[1],
                  "headers": {k.lower(): v for k, v in self.headers.items()},
                  "all": [(k.lower(), v) for k, v in self.headers.items()]}
@@ -126,18 +111,6 @@ def serve(handler, context=None):
     return server
 
 
-def stop(server):
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port():
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 NAMES = ("auth.example.test", "nogroups.example.test", "down.example.test", "slow.example.test",
          "error.example.test", "tls.example.test", "cors.example.test", "star.example.test",
          "presets.example.test", "plain.example.test", "both.example.test", "big.example.test")
@@ -156,8 +129,7 @@ class Edge:
     def __init__(self, tmp):
         self.tmp = tmp
         self.ca = trustme.CA()
-        leaf = self.ca.issue_cert(*NAMES)
-        self.ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+        certificate = issue_certificate(tmp, "edge", *NAMES, ca=self.ca)
         self.upstream = serve(UpstreamHandler)
         self.auth = serve(AuthHandler)
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -174,7 +146,7 @@ class Edge:
             "proxy_hosts": [
                 host(1, "auth.example.test", up, forward_auth={"url": f"{auth}/api/verify?rd={LOGIN}", **verify}),
                 host(2, "nogroups.example.test", up, forward_auth={"url": f"{auth}/nogroups", **verify}),
-                host(3, "down.example.test", up, forward_auth={"url": f"http://127.0.0.1:{closed_port()}/v", **verify}),
+                host(3, "down.example.test", up, forward_auth={"url": f"http://127.0.0.1:{free_port()}/v", **verify}),
                 host(4, "slow.example.test", up, forward_auth={"url": f"{auth}/slow", **verify, "timeout": 0.5}),
                 host(5, "error.example.test", up, forward_auth={"url": f"{auth}/error", **verify}),
                 host(6, "tls.example.test", up, forward_auth={
@@ -188,21 +160,18 @@ class Edge:
                 host(12, "big.example.test", up, forward_auth={"url": f"{auth}/big", **verify}),
             ],
             "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
-            "certificates": [{"name": "edge", "domains": [], "key_pem": leaf.private_key_pem.bytes().decode(),
-                              "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(), "chain_pem": ""}],
+            "certificates": [certificate],
         }
         write_doc(tmp / "snapshot.json", self.doc)
-        self.port, self.https_port = free_port(), free_port()
-        self.engine = EngineProcess(
-            [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-             str(self.port), "--https-port", str(self.https_port), "--bind", "127.0.0.1"], self.port)
+        self.engine = engine_process(tmp / "snapshot.json", https=True)
+        self.port, self.https_port = self.engine.port, self.engine.https_port
         self.engine.wait_for(lambda r, d: r.status != 503, host="plain.example.test")
         self.upstream.seen.clear()
 
     def close(self):
         output = self.engine.stop()
         for server in (self.upstream, self.auth, self.tls_auth):
-            stop(server)
+            stop_upstream(server)
         return output
 
     def reset(self):

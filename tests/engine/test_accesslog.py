@@ -10,8 +10,8 @@ from twisted.python.failure import Failure
 
 from proxy_engine.accesslog import AccessLog, FileWriter, ThreadedWriter, format_entry, open_access_log
 from tests.engine.support import Harness, document
-from tests.engine.test_process import doc_for, engine_process, write_doc
-from tests.live import start_upstream, stop_upstream
+from tests.engine.test_process import doc_for
+from tests.live import engine_process, start_upstream, stop_upstream, write_doc
 
 GET = b"GET /path?q=1 HTTP/1.1\r\nHost: app.example.test\r\n\r\n"
 

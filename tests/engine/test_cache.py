@@ -3,7 +3,9 @@ bytes, Vary, generations, disk tier), collapse bookkeeping, and the cache wired 
 HTTP/1.1 and HTTP/2 exchanges on fake transports. Real processes: test_cache_live.py."""
 import pytest
 from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from proxy_engine.cache import (ResponseCache, etag_matches,
                                 format_http_date, freshness, http_date, parse_cache_control)
@@ -253,6 +255,19 @@ def answer_upstream(hs, reply, index=-1):
     return sent
 
 
+def stored_then_aged(hs, headers, seconds):
+    """GET /page answered by the upstream with these headers (and stored), then `seconds` pass."""
+    ask(hs, get())
+    answer_upstream(hs, response(headers=headers))
+    hs.reactor.advance(seconds)
+
+
+def refuse_connection(hs):
+    """The latest connection attempt to an upstream is refused."""
+    _, _, attempt, _, _ = hs.reactor.tcpClients[-1]
+    attempt.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+
+
 def status_of(raw):
     return raw.split(b"\r\n", 1)[0]
 
@@ -324,9 +339,7 @@ def test_http1_stale_entry_revalidated_with_304():
 
 def test_http1_stale_entry_replaced_by_a_new_200():
     hs = harness()
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b'Cache-Control: max-age=10\r\nETag: "v1"\r\n'))
-    hs.reactor.advance(11)
+    stored_then_aged(hs, b'Cache-Control: max-age=10\r\nETag: "v1"\r\n', 11)
     _, client = ask(hs, get())
     answer_upstream(hs, response(b"new!", b'Cache-Control: max-age=10\r\nETag: "v2"\r\n'))
     assert header(client.value(), b"X-Cache-Status") == b"EXPIRED" and client.value().endswith(b"new!")
@@ -417,16 +430,10 @@ def test_http1_lock_timeout_releases_followers():
 
 
 def test_http1_stale_if_error_on_connect_failure_and_on_503_but_not_beyond_the_window():
-    from twisted.internet.error import ConnectionRefusedError
-    from twisted.python.failure import Failure
-
     hs = harness(snapshot_doc(stale=30.0))
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b"Cache-Control: max-age=10\r\n"))
-    hs.reactor.advance(20)
+    stored_then_aged(hs, b"Cache-Control: max-age=10\r\n", 20)
     _, client = ask(hs, get())
-    _, _, attempt, _, _ = hs.reactor.tcpClients[-1]
-    attempt.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    refuse_connection(hs)
     raw = client.value()
     assert header(raw, b"X-Cache-Status") == b"STALE" and raw.endswith(b"hello") and header(raw, b"Age") == b"20"
     _, client = ask(hs, get())
@@ -439,16 +446,10 @@ def test_http1_stale_if_error_on_connect_failure_and_on_503_but_not_beyond_the_w
 
 
 def test_http1_no_stale_without_stale_if_error():
-    from twisted.internet.error import ConnectionRefusedError
-    from twisted.python.failure import Failure
-
     hs = harness()
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b"Cache-Control: max-age=10\r\n"))
-    hs.reactor.advance(20)
+    stored_then_aged(hs, b"Cache-Control: max-age=10\r\n", 20)
     _, client = ask(hs, get())
-    _, _, attempt, _, _ = hs.reactor.tcpClients[-1]
-    attempt.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    refuse_connection(hs)
     assert status_of(client.value()) == b"HTTP/1.1 502 Bad Gateway"
 
 
@@ -531,14 +532,21 @@ class Threads:
         return defer.maybeDeferred(f, *args)
 
 
-def test_disk_tier_takes_evicted_entries_and_serves_them_back(tmp_path):
+def disk_harness(tmp_path, memory_bytes):
+    """A harness whose cache has `memory_bytes` of memory and a 1 MB disk tier in tmp_path
+    (file work run at once, see Threads)."""
     doc = snapshot_doc()
-    doc["settings"]["cache"] = {"memory_bytes": 40_000, "disk_bytes": 1_000_000}
+    doc["settings"]["cache"] = {"memory_bytes": memory_bytes, "disk_bytes": 1_000_000}
     hs = Harness(doc)
     hs.reactor.advance(T0)
     hs.factory.run_in_thread = Threads()
     hs.factory.cache.root = str(tmp_path)
     hs.factory.swap(parse_snapshot(doc))
+    return hs
+
+
+def test_disk_tier_takes_evicted_entries_and_serves_them_back(tmp_path):
+    hs = disk_harness(tmp_path, memory_bytes=40_000)
     bodies = {}
     for i in range(12):
         path = b"/f%d" % i
@@ -559,13 +567,7 @@ def test_disk_tier_takes_evicted_entries_and_serves_them_back(tmp_path):
 
 
 def test_disk_tier_stores_responses_too_big_for_memory(tmp_path):
-    doc = snapshot_doc()
-    doc["settings"]["cache"] = {"memory_bytes": 16_000, "disk_bytes": 1_000_000}
-    hs = Harness(doc)
-    hs.reactor.advance(T0)
-    hs.factory.run_in_thread = Threads()
-    hs.factory.cache.root = str(tmp_path)
-    hs.factory.swap(parse_snapshot(doc))
+    hs = disk_harness(tmp_path, memory_bytes=16_000)
     big = b"B" * 50_000
     ask(hs, get(b"/big"))
     answer_upstream(hs, response(big))
@@ -587,9 +589,7 @@ def test_http1_websocket_upgrade_on_a_cached_host_is_relayed_untouched():
 
 def test_http1_a_follower_behind_an_unstorable_revalidation_sends_only_its_own_headers():
     hs = harness()
-    ask(hs, get())
-    answer_upstream(hs, response(headers=b'Cache-Control: max-age=10\r\nETag: "v1"\r\n'))
-    hs.reactor.advance(11)
+    stored_then_aged(hs, b'Cache-Control: max-age=10\r\nETag: "v1"\r\n', 11)
     _, leader = ask(hs, get())
     _, follower = ask(hs, get(extra=b"Cache-Control: no-store\r\n"))    # not eligible: straight upstream
     _, waiting = ask(hs, get())
@@ -627,9 +627,6 @@ def test_http1_expires_and_age_from_the_upstream_set_the_entry_lifetime():
 
 
 def test_h2_stale_on_connect_failure_and_revalidation_with_304():
-    from twisted.internet.error import ConnectionRefusedError
-    from twisted.python.failure import Failure
-
     hs = harness(snapshot_doc(stale=60.0))
     c = H2Client(hs)
     c.request(b"/page")
@@ -637,8 +634,7 @@ def test_h2_stale_on_connect_failure_and_revalidation_with_304():
     c.pump()
     hs.reactor.advance(15)       # (under the connection's 20 s idle timeout)
     stale = c.request(b"/page")
-    _, _, attempt, _, _ = hs.reactor.tcpClients[-1]
-    attempt.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    refuse_connection(hs)
     c.pump()
     assert dict(c.answers[stale].headers)[b"x-cache-status"] == b"STALE" and c.answers[stale].data == b"hello"
     assert c.answers[stale].ended

@@ -3,16 +3,13 @@ real upstream that counts the requests it answers, on 127.0.0.1."""
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import trustme
 
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port
+from tests.live import engine_process, issue_certificate, started_engines, write_doc
 
 HOST = "app.example.test"
 
@@ -110,22 +107,7 @@ def upstream():
 
 @pytest.fixture
 def engine_for(tmp_path):
-    engines = []
-
-    def start(doc, *extra):
-        path = tmp_path / "snapshot.json"
-        write_doc(path, doc)
-        port = free_port()
-        engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(path), "--http-port",
-                                str(port), "--bind", "127.0.0.1", "--poll-interval", "0.2", *extra], port)
-        engine.doc_path = path
-        engines.append(engine)
-        engine.wait_for(lambda r, d: r.status != 503, path="/cc/no-store")
-        return engine
-
-    yield start
-    for engine in engines:
-        engine.stop()
+    yield from started_engines(tmp_path, "--poll-interval", "0.2", path="/cc/no-store")
 
 
 def get(engine, path, headers=None):
@@ -242,17 +224,11 @@ def test_http2_hit(upstream, tmp_path):
     if not shutil.which("curl") or "HTTP2" not in subprocess.run(
             ["curl", "--version"], capture_output=True, text=True).stdout:
         pytest.skip("curl with HTTP/2 is not installed")
-    ca = trustme.CA()
-    leaf = ca.issue_cert(HOST)
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     ssl = ({"certificate": "app", "force_https": False, "http2": True, "hsts": True, "hsts_subdomains": False},
-           [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-             "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}])
+           [issue_certificate(tmp_path, "app", HOST)])
     write_doc(tmp_path / "snapshot.json", cache_doc(upstream.server_address[1], ssl=ssl))
-    http_port, https_port = free_port(), free_port()
-    engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(tmp_path / "snapshot.json"),
-                            "--http-port", str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"],
-                           http_port)
+    engine = engine_process(tmp_path / "snapshot.json", https=True)
+    https_port = engine.https_port
     try:
         engine.wait_for(lambda r, d: r.status != 503, path="/cc/no-store")
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -18,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import brotli
 import pytest
-import trustme
 import zstandard
 
 from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_compression, choose, compressible,
@@ -26,8 +24,7 @@ from proxy_engine.compress import (MIN_LENGTH, RouteCompression, build_route_com
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import document
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port
+from tests.live import engine_process, issue_certificate, write_doc
 
 ALL = ("gzip", "br", "zstd")
 
@@ -431,9 +428,6 @@ class ContentUpstream(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compress")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("app.example.test")
-    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), ContentUpstream)
     upstream.daemon_threads = True
     upstream.gate = threading.Semaphore(0)
@@ -453,16 +447,12 @@ def live(tmp_path_factory):
             "upstreams": [{"scheme": "http", "host": "127.0.0.1", "port": upstream.server_address[1], "weight": 1}],
         }],
         "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
-        "certificates": [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-                          "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
+        "certificates": [issue_certificate(tmp, "app", "app.example.test")],
     }
     write_doc(tmp / "snapshot.json", doc)
-    http_port, https_port = free_port(), free_port()
-    engine = EngineProcess(
-        [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-         str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"], http_port)
+    engine = engine_process(tmp / "snapshot.json", https=True)
     engine.wait_for(lambda r, d: r.status != 503)
-    engine.tmp, engine.https_port, engine.upstream = tmp, https_port, upstream
+    engine.tmp, engine.upstream = tmp, upstream
     yield engine
     engine.stop()
     upstream.shutdown()

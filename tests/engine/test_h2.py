@@ -4,10 +4,8 @@ the engine as a process answers curl --http2 over TLS (ALPN h2)."""
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
-import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -21,8 +19,7 @@ from twisted.python.failure import Failure
 from proxy_engine.h2protocol import STREAM_WINDOW, H2Protocol, request_from_headers, response_headers
 from proxy_engine.snapshot import parse_snapshot
 from tests.engine.support import Harness, document
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port, start_upstream, stop_upstream
+from tests.live import engine_process, issue_certificate, start_upstream, stop_upstream, write_doc
 
 
 class ListLog:
@@ -456,9 +453,6 @@ def tls_engine(tmp_path_factory):
             ["curl", "--version"], capture_output=True, text=True).stdout:
         pytest.skip("curl with HTTP/2 is not installed")
     tmp = tmp_path_factory.mktemp("h2")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("app.example.test")
-    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     upstream = start_upstream("plain")
     doc = {
         "revision": 1, "settings": {"default_site": {"action": "404"}, "trusted_proxies": []},
@@ -468,16 +462,12 @@ def tls_engine(tmp_path_factory):
             "ssl": {"certificate": "app", "force_https": False, "http2": True, "hsts": False,
                     "hsts_subdomains": False}}],
         "redirection_hosts": [], "dead_hosts": [], "streams": [], "access_lists": [],
-        "certificates": [{"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-                          "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}],
+        "certificates": [issue_certificate(tmp, "app", "app.example.test")],
     }
     write_doc(tmp / "snapshot.json", doc)
-    http_port, https_port = free_port(), free_port()
-    engine = EngineProcess(
-        [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-         str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1"], http_port)
+    engine = engine_process(tmp / "snapshot.json", https=True)
     engine.wait_for(lambda r, d: r.status != 503)
-    yield tmp, https_port
+    yield tmp, engine.https_port
     engine.stop()
     stop_upstream(upstream)
 

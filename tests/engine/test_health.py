@@ -5,7 +5,6 @@ import http.client
 import json
 import socket
 import ssl
-import sys
 import threading
 import time
 
@@ -20,8 +19,8 @@ from proxy_engine.reload import ConfigWatcher
 from proxy_engine.snapshot import parse_snapshot
 from proxy_engine.upstream import UpstreamPool
 from tests.engine.support import document
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, free_port, start_upstream, stop_upstream
+from tests.live import (engine_process, free_port, issue_certificate, start_upstream, started_engines, stop_upstream,
+                        write_doc)
 
 
 def checked_doc(revision=1, n=2, check=None, passive=None, host_id=1):
@@ -281,22 +280,7 @@ def backends():
 
 @pytest.fixture
 def engine(tmp_path):
-    engines = []
-
-    def start(doc, *extra):
-        path = tmp_path / "snapshot.json"
-        write_doc(path, doc)
-        port = free_port()
-        proc = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(path), "--http-port",
-                              str(port), "--bind", "127.0.0.1", "--poll-interval", "0.2", *extra], port)
-        proc.doc_path = path
-        engines.append(proc)
-        proc.wait_for(lambda r, d: r.status != 503)
-        return proc
-
-    yield start
-    for proc in engines:
-        proc.stop()
+    yield from started_engines(tmp_path, "--poll-interval", "0.2")
 
 
 def served_by(engine, n, headers=None, method="GET"):
@@ -436,21 +420,15 @@ def h2_get(port, ca_path, path="/", n=1, headers=()):
 
 
 def test_engine_http2_balances_retries_skips_down_and_pins_sticky(backends, tmp_path):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("app.example.test")
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    tls = {"name": "app", "domains": [], "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
-           "key_pem": leaf.private_key_pem.bytes().decode(), "chain_pem": ""}
+    pytest.importorskip("trustme")
+    tls = issue_certificate(tmp_path, "app", "app.example.test")
     b = backends("a", "b", "c")
     dead = free_port()
     ports = [b.ports["a"], b.ports["b"], dead, b.ports["c"]]
     doc = engine_doc(1, ports, tls=tls, policy="random")          # no checks: the dead one is only retried
     write_doc(tmp_path / "snapshot.json", doc)
-    http_port, https_port = free_port(), free_port()
-    proc = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(tmp_path / "snapshot.json"),
-                          "--http-port", str(http_port), "--https-port", str(https_port), "--bind", "127.0.0.1",
-                          "--poll-interval", "0.2"], http_port)
+    proc = engine_process(tmp_path / "snapshot.json", "--poll-interval", "0.2", https=True)
+    https_port = proc.https_port
     try:
         proc.wait_for(lambda r, d: r.status != 503)
         answers = h2_get(https_port, tmp_path / "ca.pem", n=24)    # the dead one is retried elsewhere

@@ -4,12 +4,12 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.live import EngineProcess, RedisServer, free_port, start_upstream, stop_upstream
+from tests.live import RedisServer, free_port, start_upstream, started_engines, stop_upstream, write_doc
+from tests.live import engine_process  # noqa: F401 (kept importable from here, where it used to live)
 
 
 def doc_for(revision, port, extra_hosts=()):
@@ -25,19 +25,6 @@ def doc_for(revision, port, extra_hosts=()):
     }
 
 
-def write_doc(path, doc):
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(doc, handle)
-    os.replace(tmp, path)
-
-
-def engine_process(doc_path, *extra):
-    port = free_port()
-    return EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(doc_path),
-                          "--http-port", str(port), "--bind", "127.0.0.1", *extra], port)
-
-
 @pytest.fixture
 def upstreams():
     servers = [start_upstream("a"), start_upstream("b")]
@@ -48,20 +35,7 @@ def upstreams():
 
 @pytest.fixture
 def engine_for(tmp_path):
-    engines = []
-
-    def start(doc, *extra):
-        path = tmp_path / "snapshot.json"
-        write_doc(path, doc)
-        engine = engine_process(path, *extra)
-        engine.doc_path = path
-        engines.append(engine)
-        engine.wait_for(lambda r, d: r.status != 503)
-        return engine
-
-    yield start
-    for engine in engines:
-        engine.stop()
+    yield from started_engines(tmp_path)
 
 
 def test_it_proxies_keeps_alive_streams_and_reloads(upstreams, engine_for):

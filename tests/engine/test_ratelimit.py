@@ -5,7 +5,6 @@ Redis, and the local fallback while Redis is down."""
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from proxy_engine.snapshot import RateLimitConfig, SnapshotError, parse_snapshot
 from tests.engine.edge_live import Edge
 from tests.engine.support import Harness, document
 from tests.engine.test_h2 import H2Client
-from tests.live import EngineProcess, RedisServer, Upstream, free_port
+from tests.live import RedisServer, Upstream, engine_process, issue_certificate, started_engines, write_doc
 
 SECOND = 1_000_000
 
@@ -327,22 +326,8 @@ def upstream():
 
 @pytest.fixture
 def engines(tmp_path):
-    started = []
-
-    def start(doc, *extra):
-        path = tmp_path / f"snapshot{len(started)}.json"
-        path.write_text(json.dumps(doc))
-        port = free_port()
-        engine = EngineProcess([sys.executable, "-m", "proxy_engine", "--document-file", str(path),
-                                "--http-port", str(port), "--bind", "127.0.0.1", *extra], port)
-        started.append(engine)
-        # Probe another host (the default site's 404), so no token of the limited host is spent.
-        engine.wait_for(lambda r, d: r.status == 404, host="probe.example.test")
-        return engine
-
-    yield start
-    for engine in started:
-        engine.stop()
+    # Probe another host (the default site's 404), so no token of the limited host is spent.
+    yield from started_engines(tmp_path, ready=lambda r, d: r.status == 404, host="probe.example.test")
 
 
 def get(engine, path="/", headers=None):
@@ -475,19 +460,12 @@ class TlsEngine:
     h2 = Edge.h2
 
     def __init__(self, tmp, doc, *extra):
-        import trustme
         self.tmp = tmp
-        ca = trustme.CA()
-        leaf = ca.issue_cert("app.example.test")
-        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
         doc["proxy_hosts"][0]["ssl"] = {"certificate": "t", "force_https": False, "http2": True, "hsts": False}
-        doc["certificates"] = [{"name": "t", "domains": [], "key_pem": leaf.private_key_pem.bytes().decode(),
-                                "certificate_pem": leaf.cert_chain_pems[0].bytes().decode(), "chain_pem": ""}]
-        (tmp / "snapshot.json").write_text(json.dumps(doc))
-        self.port, self.https_port = free_port(), free_port()
-        self.engine = EngineProcess(
-            [sys.executable, "-m", "proxy_engine", "--document-file", str(tmp / "snapshot.json"), "--http-port",
-             str(self.port), "--https-port", str(self.https_port), "--bind", "127.0.0.1", *extra], self.port)
+        doc["certificates"] = [issue_certificate(tmp, "t", "app.example.test")]
+        write_doc(tmp / "snapshot.json", doc)
+        self.engine = engine_process(tmp / "snapshot.json", *extra, https=True)
+        self.port, self.https_port = self.engine.port, self.engine.https_port
         self.engine.wait_for(lambda r, d: r.status == 404, host="probe.example.test")
 
 

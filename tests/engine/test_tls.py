@@ -9,7 +9,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -26,8 +25,7 @@ from proxy_engine.errors import TlsHandshakeFailed
 from proxy_engine.routing import Router
 from proxy_engine.snapshot import SnapshotError, parse_snapshot
 from tests.engine.support import Harness, document
-from tests.engine.test_process import write_doc
-from tests.live import EngineProcess, Upstream, free_port, start_upstream, stop_upstream
+from tests.live import Upstream, engine_process, start_upstream, stop_upstream, write_doc
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 LIFE = dict(not_before=NOW - datetime.timedelta(days=1), not_after=NOW + datetime.timedelta(days=90))
@@ -211,12 +209,8 @@ class Rig:
         self.doc_path = tmp / "snapshot.json"
         self.revision = 1
         write_doc(self.doc_path, self.doc())
-        self.https_port = free_port()
-        http_port = free_port()
-        self.engine = EngineProcess(
-            [sys.executable, "-m", "proxy_engine", "--document-file", str(self.doc_path), "--http-port",
-             str(http_port), "--https-port", str(self.https_port), "--bind", "127.0.0.1",
-             "--poll-interval", "0.1"], http_port)
+        self.engine = engine_process(self.doc_path, "--poll-interval", "0.1", https=True)
+        self.https_port = self.engine.https_port
         self.engine.wait_for(lambda r, d: r.status != 503)
 
     def doc(self, fallback="self_signed", later=False, broken=False):

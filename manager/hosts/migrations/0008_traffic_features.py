@@ -10,23 +10,38 @@ from django.db import migrations, models
 HEALTH_CHECK_DEFAULTS = {"expect": [200, 399], "healthy": 2, "unhealthy": 3}
 
 
+def with_stale_if_error(cache):
+    """A stored cache setting without stale_if_error, with it (0: never); None when there is
+    nothing to fill in."""
+    if cache and "stale_if_error" not in cache:
+        return {**cache, "stale_if_error": 0.0}
+    return None
+
+
 def fill_defaults(apps, schema_editor):
     ProxyHost = apps.get_model("hosts", "ProxyHost")
     Location = apps.get_model("hosts", "Location")
     for host in ProxyHost.objects.all():
-        changed = []
+        changed = {}
         if host.health_check and "timeout" not in host.health_check:
             interval = host.health_check.get("interval") or 10.0
-            host.health_check = {"timeout": min(2.0, interval), **HEALTH_CHECK_DEFAULTS, **host.health_check}
-            changed.append("health_check")
-        if host.cache and "stale_if_error" not in host.cache:
-            host.cache = {**host.cache, "stale_if_error": 0.0}
-            changed.append("cache")
+            changed["health_check"] = {"timeout": min(2.0, interval), **HEALTH_CHECK_DEFAULTS, **host.health_check}
+        if (cache := with_stale_if_error(host.cache)) is not None:
+            changed["cache"] = cache
         if changed:
-            ProxyHost.objects.filter(pk=host.pk).update(**{field: getattr(host, field) for field in changed})
+            ProxyHost.objects.filter(pk=host.pk).update(**changed)
     for location in Location.objects.exclude(cache=None):
-        if location.cache and "stale_if_error" not in location.cache:
-            Location.objects.filter(pk=location.pk).update(cache={**location.cache, "stale_if_error": 0.0})
+        if (cache := with_stale_if_error(location.cache)) is not None:
+            Location.objects.filter(pk=location.pk).update(cache=cache)
+
+
+def add(model_name, name, field):
+    return migrations.AddField(model_name=model_name, name=name, field=field)
+
+
+def json_or_null(help_text):
+    """A feature's settings: a JSON object, or null when the feature is off."""
+    return models.JSONField(blank=True, help_text=help_text, null=True)
 
 
 class Migration(migrations.Migration):
@@ -36,65 +51,19 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name='enginenode',
-            name='upstream_health',
-            field=models.JSONField(blank=True, default=dict, help_text='{"<host id>": {"<host>:<port>": {"state": "up"|"down", "since": unix time, "reason": str}}}'),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='cache_generation',
-            field=models.PositiveBigIntegerField(default=0, help_text="State, not configuration: incremented by 'Purge cache'; the engine drops entries stored under an older generation. Not exported."),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='cors',
-            field=models.JSONField(blank=True, help_text='{origins, methods, headers, expose, credentials, max_age} or null.', null=True),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='forward_auth',
-            field=models.JSONField(blank=True, help_text='{url, response_headers, timeout} or null.', null=True),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='hide_upstream_identity',
-            field=models.BooleanField(default=False),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='lb_sticky',
-            field=models.JSONField(blank=True, help_text='{cookie, max_age} or null.', null=True),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='passive_health',
-            field=models.JSONField(blank=True, help_text='{failures, window, cooldown} or null.', null=True),
-        ),
-        migrations.AddField(
-            model_name='proxyhost',
-            name='security_headers',
-            field=models.BooleanField(default=False),
-        ),
-        migrations.AddField(
-            model_name='settings',
-            name='cache_disk_bytes',
-            field=models.BigIntegerField(default=0, help_text='Disk for cached responses; 0 = no disk tier.'),
-        ),
-        migrations.AddField(
-            model_name='settings',
-            name='cache_memory_bytes',
-            field=models.BigIntegerField(default=67108864, help_text='Memory for cached responses, all hosts together.'),
-        ),
-        migrations.AlterField(
-            model_name='proxyhost',
-            name='cache',
-            field=models.JSONField(blank=True, help_text='{enabled, default_ttl, stale_if_error} or null.', null=True),
-        ),
-        migrations.AlterField(
-            model_name='proxyhost',
-            name='health_check',
-            field=models.JSONField(blank=True, help_text='{path, interval, timeout, expect: [low, high], healthy, unhealthy} or null.', null=True),
-        ),
+        add('enginenode', 'upstream_health', models.JSONField(blank=True, default=dict, help_text='{"<host id>": {"<host>:<port>": {"state": "up"|"down", "since": unix time, "reason": str}}}')),
+        add('proxyhost', 'cache_generation', models.PositiveBigIntegerField(default=0, help_text="State, not configuration: incremented by 'Purge cache'; the engine drops entries stored under an older generation. Not exported.")),
+        add('proxyhost', 'cors', json_or_null('{origins, methods, headers, expose, credentials, max_age} or null.')),
+        add('proxyhost', 'forward_auth', json_or_null('{url, response_headers, timeout} or null.')),
+        add('proxyhost', 'hide_upstream_identity', models.BooleanField(default=False)),
+        add('proxyhost', 'lb_sticky', json_or_null('{cookie, max_age} or null.')),
+        add('proxyhost', 'passive_health', json_or_null('{failures, window, cooldown} or null.')),
+        add('proxyhost', 'security_headers', models.BooleanField(default=False)),
+        add('settings', 'cache_disk_bytes', models.BigIntegerField(default=0, help_text='Disk for cached responses; 0 = no disk tier.')),
+        add('settings', 'cache_memory_bytes', models.BigIntegerField(default=67108864, help_text='Memory for cached responses, all hosts together.')),
+        migrations.AlterField(model_name='proxyhost', name='cache',
+                              field=json_or_null('{enabled, default_ttl, stale_if_error} or null.')),
+        migrations.AlterField(model_name='proxyhost', name='health_check',
+                              field=json_or_null('{path, interval, timeout, expect: [low, high], healthy, unhealthy} or null.')),
         migrations.RunPython(fill_defaults, migrations.RunPython.noop),
     ]
