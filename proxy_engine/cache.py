@@ -67,6 +67,7 @@ import logging
 import os
 import shutil
 from collections import OrderedDict
+from proxy_engine.headers import response_lines
 
 log = logging.getLogger(__name__)
 
@@ -294,12 +295,13 @@ NULL_TRANSPORT = _NullTransport()
 class CachedResponse:
     """A stored response as an `UpstreamConnection` look-alike, replayed into an exchange."""
     __slots__ = ("status", "reason", "headers", "content_length", "state", "transport", "reused", "got_bytes",
-                 "exchange")
+                 "exchange", "lines")
 
-    def __init__(self, status, reason, headers, content_length):
+    def __init__(self, status, reason, headers, content_length, lines=None):
         self.status = status
         self.reason = reason
         self.headers = headers
+        self.lines = lines               # headers.response_lines(headers), for a HIT shared by many requests
         self.content_length = content_length
         self.state = "closed"            # upstream.CLOSED: never released to a pool, never aborted
         self.transport = NULL_TRANSPORT
@@ -361,8 +363,8 @@ class Entry:
             hit = self.hit
             if hit is not None and hit[0] == seconds:
                 return hit[1]
-            response = CachedResponse(self.status, self.reason,
-                                      self.hit_headers + [(b"age", b"Age", b"%d" % max(0, seconds))], self.length)
+            headers = self.hit_headers + [(b"age", b"Age", b"%d" % max(0, seconds))]
+            response = CachedResponse(self.status, self.reason, headers, self.length, response_lines(headers))
             self.hit = (seconds, response)
             return response
         age = b"%d" % max(0, seconds)

@@ -108,13 +108,24 @@ def upstream_request_head(method, target, headers, client_ip, proto, host, trust
     return b"".join(parts)
 
 
-def client_response_head(status_line, headers, framing, connection=b"", rules=None):
+def response_lines(headers):
+    """The end-to-end header lines of `headers` as the client gets them without header rules
+    (what `client_response_head` writes; a cached response keeps them joined)."""
+    drop = connection_tokens(headers)
+    return b"".join([name + b": " + value + b"\r\n" for lname, name, value in headers
+                     if lname not in _RESPONSE_DROP and lname not in drop])
+
+
+def client_response_head(status_line, headers, framing, connection=b"", rules=None, lines=None):
     """The response head sent to the client.
 
     `status_line` is the full first line with CRLF; `framing` the framing line(s) for the
     body as we send it; `connection` an optional b"Connection: ...\\r\\n" line of our own;
-    `rules` the route's compiled response header rules or None.
+    `rules` the route's compiled response header rules or None; `lines`, when given (and
+    `rules` is None), is `response_lines(headers)` already joined.
     """
+    if rules is None and lines is not None:
+        return b"".join((status_line, lines, framing, connection, b"\r\n"))
     drop = connection_tokens(headers)
     parts = [status_line]
     if rules is None:

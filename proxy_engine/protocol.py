@@ -724,7 +724,7 @@ class ProxyProtocol(Protocol):
             b"X-Request-Id: %s\r\n%s%s%s" % (
                 request.request_id, request.route.hsts if rules is None or not rules.hsts else b"", framing,
                 request.set_cookie),
-            connection, rules)
+            connection, rules, conn.lines if headers is conn.headers else None)
         request.bytes_out += len(head)
         self._write(head)
 

@@ -56,6 +56,8 @@ class UpstreamConnection(Protocol):
         "last_read", "timeout", "timer", "reset_parser", "upgrade_ok", "connect_factory",
     )
 
+    lines = None             # (a cached response's joined header lines: see cache.CachedResponse)
+
     def __init__(self, pool, address):
         self.pool = pool
         self.address = address
