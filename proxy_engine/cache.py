@@ -718,15 +718,7 @@ class CachePolicy:
         """The cache's part of `_dispatch`: True when the request goes upstream now (through
         `request.cache`, the tap, when set), False when it was answered or waits (then
         `resume(request)` is called later on the reactor thread)."""
-        options = self.default
-        if self.locations:
-            path = request.target
-            if path[:1] != b"/":             # absolute form: the path after the authority
-                rest = path.split(b"://", 1)[-1]
-                slash = rest.find(b"/")
-                path = rest[slash:] if slash >= 0 else b"/"
-            query = path.find(b"?")
-            options = self.options_for(path if query < 0 else path[:query])
+        options = self.options_for(request.path) if self.locations else self.default
         if options is None or getattr(request, "upgrade", None) is not None:
             return True                  # off here; an Upgrade (WebSocket) is relayed raw, never cached
         method = request.method

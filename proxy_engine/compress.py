@@ -351,7 +351,8 @@ class RouteCompression:
 
     def response(self, target, request_headers, is_head, status, headers, content_length, chunked_ok):
         """(headers for the client, encoder or None) for one response: see the module doc.
-        `request_headers` are the request's (lower_name, name, value) triples; `headers`
+        `target` is the request's path (the protocols pass the one routing already took out
+        of the target, for which `request_path` is a no-op) or a whole target; `request_headers` are the request's (lower_name, name, value) triples; `headers`
         the upstream response's; `chunked_ok` whether the client takes a body of unknown
         length (HTTP/1.1, HTTP/2)."""
         enabled = self.for_path(request_path(target)) if self.locations else self.host

@@ -188,7 +188,7 @@ class H2Stream:
     __slots__ = (
         "proto", "stream_id", "state", "request_id", "started", "method", "target", "host", "headers",
         "content_length", "complete", "body_bytes", "head_size", "max_body", "buffered", "unacked",
-        "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "upstream", "conn", "connector",
+        "upstream_full", "producing", "chunked", "router", "route", "rules", "group", "path", "upstream", "conn", "connector",
         "retried", "responded", "status", "bytes_out", "cause", "out", "out_size", "reading_paused",
         "is_head", "wants_json", "queued", "encoder", "cache", "tried", "lb", "set_cookie",
     )
@@ -217,6 +217,7 @@ class H2Stream:
         self.route = None
         self.rules = None            # the route's `RouteRules` for this path, when it has header rules
         self.group = None            # the route's `UpstreamGroup` for this path
+        self.path = None             # the :path without the query, once routed
         self.cache = None            # the `cache.CacheTap` on a cache-enabled location
         self.tried = None            # addresses whose connection failed (retries: balancer.retry_for)
         self.lb = None               # the group counting this exchange in flight (least_conn), to release
@@ -316,7 +317,7 @@ class H2Stream:
         if compression is not None:      # response compression (proxy_engine.compress); a cache
             # store must keep conn.headers (the identity representation), not these edits
             upstream_headers, self.encoder = compression.response(
-                self.target, self.headers, self.is_head, status, upstream_headers, length, True)
+                self.path, self.headers, self.is_head, status, upstream_headers, length, True)
             if self.encoder is not None:
                 length = None
         headers = response_headers(status, upstream_headers, self.request_id, length, rules)
@@ -452,6 +453,7 @@ class H2Stream:
                 self.max_body = max_body
             query = path.find(b"?")
             bare = path if query < 0 else path[:query]
+            self.path = bare
             self.group = route.select(bare)
             if route.header_rules is not None:
                 self.rules = route.header_rules.for_path(bare)

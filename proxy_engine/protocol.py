@@ -89,7 +89,7 @@ class Request:
         "chunked", "expect_continue", "upgrade", "keep_alive", "complete", "buffered",
         "body_bytes", "head_size", "router", "route", "upstream", "conn", "connector",
         "responded", "chunk_out", "close_after", "retried", "max_body", "is_head", "waiting",
-        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group", "encoder", "cache",
+        "paired", "request_id", "status", "started", "bytes_out", "cause", "rules", "group", "path", "encoder", "cache",
         "tried", "lb", "set_cookie",
     )
 
@@ -97,6 +97,7 @@ class Request:
         self.request_id = request_id
         self.rules = None        # the route's `RouteRules` for this path, when it has header rules
         self.group = None        # the route's `UpstreamGroup` for this path (proxied requests)
+        self.path = None         # the target's path without the query, once routed (proxied requests)
         self.tried = None        # addresses whose connection failed (retries: balancer.retry_for)
         self.lb = None           # the group counting this exchange in flight (least_conn), to release
         self.set_cookie = b""    # a sticky session's Set-Cookie line for the response
@@ -454,6 +455,7 @@ class ProxyProtocol(Protocol):
                 request.max_body = max_body
             query = path.find(b"?")
             bare = path if query < 0 else path[:query]
+            request.path = bare
             request.group = route.select(bare)
             if route.header_rules is not None:
                 request.rules = route.header_rules.for_path(bare)
@@ -523,10 +525,9 @@ class ProxyProtocol(Protocol):
         """Pick an upstream of the request's group and get a connection to it."""
         group = request.group
         if group.balanced:           # policies, health, sticky (proxy_engine.balancer)
-            if self.trusted_for is not request.router:
-                self.trusted, self.trusted_for = request.router.trusts(self.peer), request.router
+            router = request.router
             upstream, request.set_cookie = choose_for(group, request.headers, self.peer, self.client_ip,
-                                                      self.trusted, request.router.trusts)
+                                                      self.is_trusted(router), router.trusts)
             if upstream is None:
                 self._upstream_error(request, NoHealthyUpstream())
                 return
@@ -541,9 +542,7 @@ class ProxyProtocol(Protocol):
 
     def _rate_limit(self, request, route, limit):
         """The request's rate limit: True when it may go on now, else it was answered or waits."""
-        if self.trusted_for is not request.router:
-            self.trusted, self.trusted_for = request.router.trusts(self.peer), request.router
-        decision = limit.check(self.peer, self.trusted, request.headers,
+        decision = limit.check(self.peer, self.is_trusted(request.router), request.headers,
                                lambda decision: self._rate_decided(request, route, decision))
         if decision is LIMIT_PENDING:
             return False
@@ -563,9 +562,7 @@ class ProxyProtocol(Protocol):
 
     def _check_access(self, request, access, router):
         """The route's access policy on `request`: ALLOWED, PENDING, or answered (401/403)."""
-        if self.trusted_for is not router:
-            self.trusted, self.trusted_for = router.trusts(self.peer), router
-        verdict = access.check(self.peer, self.trusted, request.headers,
+        verdict = access.check(self.peer, self.is_trusted(router), request.headers,
                                lambda outcome: self._access_resumed(request, outcome))
         if verdict == ALLOWED:
             if not access.pass_auth and access.users:
@@ -591,15 +588,14 @@ class ProxyProtocol(Protocol):
     def _forward_auth(self, request, route):
         """Ask the host's authentication service (`proxy_engine.forwardauth`) about `request`."""
         router = request.router
-        if self.trusted_for is not router:
-            self.trusted, self.trusted_for = router.trusts(self.peer), router
+        trusted = self.is_trusted(router)
         factory = self.factory
         if factory.auth_client is None:
             factory.auth_client = AuthClient(self.reactor)
         if not request.complete:
             self.transport.pauseProducing()      # an uploading body waits (in the kernel) meanwhile
         route.forward_auth.ask(factory.auth_client, request.method, request.target, request.host or b"",
-                               factory.scheme, self.peer, self.client_ip, self.trusted, router.trusts,
+                               factory.scheme, self.peer, self.client_ip, trusted, router.trusts,
                                request.headers, lambda decision: self._forward_auth_done(request, decision))
 
     def _forward_auth_done(self, request, decision):
@@ -624,6 +620,12 @@ class ProxyProtocol(Protocol):
                 decision.detail, self.reactor.seconds())
             self._respond(request, decision.status, None, extra=lines, cause=decision.cause)
 
+    def is_trusted(self, router):
+        """Whether the client is a trusted proxy under `router`'s snapshot (cached per router)."""
+        if self.trusted_for is not router:
+            self.trusted, self.trusted_for = router.trusts(self.peer), router
+        return self.trusted
+
     # -- upstream callbacks (the exchange interface) ------------------------------------
 
     def upstream_ready(self, conn):
@@ -634,7 +636,7 @@ class ProxyProtocol(Protocol):
         request.conn = conn
         request.connector = None
         router = request.router
-        if self.trusted_for is not router:
+        if self.trusted_for is not router:           # `is_trusted` inlined: every proxied request
             self.trusted, self.trusted_for = router.trusts(self.peer), router
         if request.chunked:
             framing = _CHUNKED
@@ -690,7 +692,7 @@ class ProxyProtocol(Protocol):
         if compression is not None:      # response compression (proxy_engine.compress); a cache
             # store must keep conn.headers (the identity representation), not these edits
             headers, request.encoder = compression.response(
-                request.target, request.headers, request.is_head, status, headers, length, request.version == b"1.1")
+                request.path, request.headers, request.is_head, status, headers, length, request.version == b"1.1")
             if request.encoder is not None:
                 length = None
         if request.is_head or status in (204, 304):
